@@ -1,0 +1,322 @@
+"""ScoreInterference: how close each fact's prompt is to the prompts of other facts, without all-pairs.
+
+Exact all-pairs cosine is O(n²). Candidates come instead from random-hyperplane LSH (SimHash): each
+of ``bands`` bands maps a prompt embedding to ``bits`` sign bits, facts with the same band signature
+share a bucket, and only pairs inside a bucket are scored, exactly. Two prompts at cosine c agree on
+one bit with probability p = 1 − arccos(c)/π, so they share at least one bucket with probability
+1 − (1 − p^bits)^bands: 0.996 at c = 0.90 and 0.9999 at c = 0.95 with 16 bands of 8 bits.
+
+A bucket above ``max_bucket`` is split with extra seeded hyperplanes (one per level, per band) until
+each part is under the cap, so the work stays about n·bands·max_bucket pair scores however skewed the
+data. Each split level multiplies a close pair's chance in that band by p (≈0.86 at c = 0.9); the
+other bands make up for it. At ``MAX_SPLIT_DEPTH`` a part is scored exactly whatever its size
+(identical prompts cannot be split).
+
+The pure functions (``hyperplanes``, ``band_keys``, ``score_bucket``, ``find_interference``) hold the
+logic; the Beam transform only moves data between them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+MAX_SPLIT_DEPTH = 16
+_ROW_BLOCK = 1024  # rows of a bucket scored at once: bounds memory for huge unsplittable buckets
+_NAMESPACE = "beacon"
+
+# A member's partial result from one bucket: (best cosine to a different target, floored at 0;
+# ((fact_id, cos, targets_differ, is_earlier), ...) for the other members at or above the
+# neighbour threshold). Plain tuples so Beam encodes them without pickling.
+Partial = tuple[float, tuple[tuple[str, float, bool, bool], ...]]
+_EMPTY: Partial = (0.0, ())
+
+
+class Member(NamedTuple):
+    """One fact as seen by ``score_bucket``."""
+
+    key: str
+    embedding: np.ndarray  # (d,) float32, L2-normalised
+    target_norm: str
+    fact_id: str
+    order: int
+
+
+class BucketScores(NamedTuple):
+    """What ``score_bucket`` returns: per-member partials and what the work cost."""
+
+    partials: list[tuple[str, Partial]]
+    pairs_scored: int
+    split: bool  # the bucket was over max_bucket and was split
+
+
+def hyperplanes(dim: int, bands: int, bits: int, seed: int) -> np.ndarray:
+    """Random Gaussian hyperplanes, shape (bands, bits, dim) float32, the same for the same seed."""
+    rng = np.random.default_rng([seed, 0])
+    return rng.standard_normal((bands, bits, dim), dtype=np.float32)
+
+
+def split_hyperplanes(dim: int, bands: int, seed: int, depth: int = MAX_SPLIT_DEPTH) -> np.ndarray:
+    """Extra hyperplanes that split oversized buckets, shape (bands, depth, dim) float32.
+
+    One set per band: sharing them across bands would separate the same close pair in every band.
+    """
+    rng = np.random.default_rng([seed, 1])
+    return rng.standard_normal((bands, depth, dim), dtype=np.float32)
+
+
+def band_keys(embeddings: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """Band signatures, shape (n, bands) int64: bit b of column k is the side of plane (k, b)."""
+    bands, bits, dim = planes.shape
+    emb = np.asarray(embeddings, dtype=np.float32).reshape(-1, dim)
+    sides = (emb @ planes.reshape(bands * bits, dim).T > 0).reshape(len(emb), bands, bits)
+    return sides.astype(np.int64) @ (np.int64(1) << np.arange(bits, dtype=np.int64))
+
+
+def score_bucket(members: Sequence[Member], *, neighbor_threshold: float, max_bucket: int,
+                 split_planes: np.ndarray | None = None) -> BucketScores:
+    """Score every pair inside one bucket exactly; return a partial for each member that has one.
+
+    Args:
+        members: the facts of the bucket.
+        neighbor_threshold: pairs at or above this cosine are listed in the partials.
+        max_bucket: a bucket larger than this is split with ``split_planes`` (depth, dim) first.
+        split_planes: this band's split hyperplanes; None scores the bucket whole.
+    """
+    if len(members) < 2:
+        return BucketScores([], 0, False)
+    emb = np.stack([np.asarray(m.embedding, dtype=np.float32) for m in members])
+    return _score_members(emb, [m.key for m in members], [m.target_norm for m in members],
+                          [m.fact_id for m in members], [m.order for m in members],
+                          neighbor_threshold=neighbor_threshold, max_bucket=max_bucket,
+                          split_planes=split_planes)
+
+
+def _score_members(emb: np.ndarray, keys: list[str], targets: list[str], fact_ids: list[str],
+                   orders: list[int], *, neighbor_threshold: float, max_bucket: int,
+                   split_planes: np.ndarray | None) -> BucketScores:
+    n = len(keys)
+    _, codes = np.unique(np.asarray(targets, dtype=object).astype(str), return_inverse=True)
+    leaves = _split(emb, max_bucket, split_planes)
+    rank: np.ndarray | None = None  # position in (order, fact_id): only needed when pairs are close
+    partials: list[tuple[str, Partial]] = []
+    pairs = 0
+    for leaf in leaves:
+        s = len(leaf)
+        if s < 2:
+            continue
+        pairs += s * (s - 1) // 2
+        e, c = emb[leaf], codes[leaf]
+        for r0 in range(0, s, _ROW_BLOCK):
+            r1 = min(s, r0 + _ROW_BLOCK)
+            cos = e[r0:r1] @ e.T
+            differ = c[r0:r1, None] != c[None, :]
+            # Floor at 0: a negative cosine means "unrelated", the same as no candidate.
+            best = np.where(differ, cos, 0.0).max(axis=1)
+            cos[np.arange(r1 - r0), np.arange(r0, r1)] = -np.inf  # a fact is not its own neighbour
+            rows, cols = np.nonzero(cos >= neighbor_threshold)
+            if len(rows) and rank is None:
+                rank = np.empty(n, dtype=np.int64)
+                rank[sorted(range(n), key=lambda i: (orders[i], fact_ids[i]))] = np.arange(n)
+            hits: dict[int, list[tuple[str, float, bool, bool]]] = {}
+            for r, col in zip(rows.tolist(), cols.tolist()):
+                i, j = int(leaf[r0 + r]), int(leaf[col])
+                hits.setdefault(r, []).append(
+                    (fact_ids[j], float(cos[r, col]), bool(differ[r, col]), bool(rank[j] < rank[i])))
+            for r in range(r1 - r0):
+                if best[r] > 0.0 or r in hits:
+                    partials.append((keys[leaf[r0 + r]], (float(best[r]), tuple(hits.get(r, ())))))
+    return BucketScores(partials, pairs, len(leaves) > 1)
+
+
+def _split(emb: np.ndarray, max_bucket: int, planes: np.ndarray | None) -> list[np.ndarray]:
+    """Index sets of at most max_bucket rows (unless the depth runs out), by sides of ``planes``."""
+    leaves, stack = [], [(np.arange(len(emb)), 0)]
+    while stack:
+        idx, depth = stack.pop()
+        if len(idx) <= max_bucket or planes is None or depth >= len(planes):
+            leaves.append(idx)
+            continue
+        side = emb[idx] @ planes[depth] > 0
+        # A part that does not shrink (all on one side) just goes one level deeper.
+        stack.extend((part, depth + 1) for part in (idx[side], idx[~side]) if len(part))
+    return leaves
+
+
+def merge_partials(acc: tuple[float, dict], partial: Partial) -> tuple[float, dict]:
+    """Fold one partial into (best, {fact_id: (cos, differ, earlier)}); a pair seen in several
+    bands counts once."""
+    best, entries = acc
+    for fact_id, cos, differ, earlier in partial[1]:
+        entries[fact_id] = (cos, differ, earlier)
+    return max(best, partial[0]), entries
+
+
+def finalize(acc: tuple[float, dict], conflict_threshold: float) -> dict[str, Any]:
+    """A fact's scores from its merged partials."""
+    best, entries = acc
+    conflicts = sorted(f for f, (cos, differ, _) in entries.items()
+                       if differ and cos >= conflict_threshold)
+    return {
+        "interference": float(best),
+        "neighbors": len(entries),
+        "conflicts_with": conflicts,
+        "conflict_with_earlier": any(entries[f][2] for f in conflicts),
+    }
+
+
+def find_interference(embeddings: np.ndarray, target_norms: Sequence[str], fact_ids: Sequence[str],
+                      orders: Sequence[int], *, neighbor_threshold: float = 0.9,
+                      conflict_threshold: float = 0.95, bands: int = 16, bits: int = 8,
+                      max_bucket: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """In-process ``ScoreInterference``: the same buckets and scores, one dict per input row.
+
+    Per fact i: ``interference`` is the largest cosine (floored at 0) to a candidate j with a
+    different normalised target, 0.0 when none was found. It is exact with high probability when
+    the true maximum is at or above the neighbour threshold, and otherwise a lower bound (pairs far
+    apart rarely share a bucket). ``neighbors`` counts other facts at or above
+    ``neighbor_threshold`` (any target); ``conflicts_with`` lists, sorted, the fact_ids at or above
+    ``conflict_threshold`` with a different target; ``conflict_with_earlier`` says one of them comes
+    first by (order, fact_id), so under 'keep_first' exactly the earliest of a conflict survives.
+    """
+    emb = np.asarray(embeddings, dtype=np.float32)
+    n, dim = emb.shape
+    keys = [str(i) for i in range(n)]
+    signatures = band_keys(emb, hyperplanes(dim, bands, bits, seed))
+    splits = split_hyperplanes(dim, bands, seed)
+    accs: list[tuple[float, dict]] = [(0.0, {}) for _ in range(n)]
+    for band in range(bands):
+        buckets: dict[int, list[int]] = {}
+        for i, sig in enumerate(signatures[:, band].tolist()):
+            buckets.setdefault(sig, []).append(i)
+        for idx in buckets.values():
+            if len(idx) < 2:
+                continue
+            scores = _score_members(emb[idx], [keys[i] for i in idx], [target_norms[i] for i in idx],
+                                    [fact_ids[i] for i in idx], [orders[i] for i in idx],
+                                    neighbor_threshold=neighbor_threshold, max_bucket=max_bucket,
+                                    split_planes=splits[band])
+            for key, partial in scores.partials:
+                accs[int(key)] = merge_partials(accs[int(key)], partial)
+    return [finalize(acc, conflict_threshold) for acc in accs]
+
+
+# --- Beam -----------------------------------------------------------------------------------------
+
+class _AssignBands(beam.DoFn):
+    """(key, fact) -> (band key, compact payload) once per band."""
+
+    def __init__(self, bands: int, bits: int, seed: int):
+        self._bands, self._bits, self._seed = bands, bits, seed
+
+    def setup(self):
+        # Planes depend on the embedding size, known at the first element: made once per
+        # worker and dimension, never per element.
+        self._planes: dict[int, np.ndarray] = {}
+
+    def process(self, element):
+        key, fact = element
+        emb = np.ascontiguousarray(fact["embedding"], dtype=np.float32).ravel()
+        dim = emb.shape[0]
+        if dim not in self._planes:
+            self._planes[dim] = hyperplanes(dim, self._bands, self._bits, self._seed)
+        signature = band_keys(emb, self._planes[dim])[0].tolist()
+        # Raw float32 bytes: n·bands of these are shuffled, so no pickled arrays or lists.
+        payload = (key, emb.tobytes(), fact["target_norm"], fact["fact_id"], int(fact["order"]))
+        for band, sig in enumerate(signature):
+            yield (band << self._bits) | sig, payload
+
+
+class _ScoreBuckets(beam.DoFn):
+    """(band key, payloads) -> (key, partial) for each member with something to report."""
+
+    def __init__(self, bits: int, bands: int, seed: int, neighbor_threshold: float, max_bucket: int):
+        self._bits, self._bands, self._seed = bits, bands, seed
+        self._threshold, self._max_bucket = neighbor_threshold, max_bucket
+        self._pairs = Metrics.counter(_NAMESPACE, "interference_pairs_scored")
+        self._split = Metrics.counter(_NAMESPACE, "interference_buckets_split")
+        self._buckets = Metrics.counter(_NAMESPACE, "interference_buckets_scored")
+
+    def setup(self):
+        self._split_planes: dict[int, np.ndarray] = {}
+
+    def process(self, element):
+        band_key, payloads = element
+        payloads = list(payloads)
+        if len(payloads) < 2:
+            return
+        keys, blobs, targets, fact_ids, orders = map(list, zip(*payloads))
+        emb = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keys), -1)
+        dim = emb.shape[1]
+        if dim not in self._split_planes:
+            self._split_planes[dim] = split_hyperplanes(dim, self._bands, self._seed)
+        scores = _score_members(emb, keys, targets, fact_ids, orders,
+                                neighbor_threshold=self._threshold, max_bucket=self._max_bucket,
+                                split_planes=self._split_planes[dim][band_key >> self._bits])
+        self._buckets.inc()
+        self._pairs.inc(scores.pairs_scored)
+        if scores.split:
+            self._split.inc()
+        yield from scores.partials
+
+
+class _MergePartials(beam.CombineFn):
+    """All partials of one fact -> its scores."""
+
+    def __init__(self, conflict_threshold: float):
+        self._conflict_threshold = conflict_threshold
+
+    def create_accumulator(self):
+        return (0.0, {})
+
+    def add_input(self, acc, partial):
+        return merge_partials(acc, partial)
+
+    def merge_accumulators(self, accs):
+        best, entries = 0.0, {}
+        for b, e in accs:
+            best = max(best, b)
+            entries.update(e)
+        return best, entries
+
+    def extract_output(self, acc):
+        return finalize(acc, self._conflict_threshold)
+
+
+class ScoreInterference(beam.PTransform):
+    """(key, {'embedding', 'target_norm', 'fact_id', 'order'}) -> (key, interference scores).
+
+    Outputs exactly one ``{'interference', 'neighbors', 'conflicts_with',
+    'conflict_with_earlier'}`` per input key (zeros for facts without candidates); the semantics
+    are those of ``find_interference``. Embeddings must be float32 and L2-normalised; keys unique.
+    """
+
+    def __init__(self, *, neighbor_threshold: float = 0.9, conflict_threshold: float = 0.95,
+                 bands: int = 16, bits: int = 8, max_bucket: int = 2000, seed: int = 0):
+        super().__init__()
+        if not -1.0 <= neighbor_threshold <= conflict_threshold <= 1.0:
+            raise ValueError(f"need -1 <= neighbor_threshold ({neighbor_threshold}) <= "
+                             f"conflict_threshold ({conflict_threshold}) <= 1")
+        if bands < 1 or not 1 <= bits <= 30 or max_bucket < 2:
+            raise ValueError(f"need bands >= 1, 1 <= bits <= 30, max_bucket >= 2; got bands={bands}, "
+                             f"bits={bits}, max_bucket={max_bucket}")
+        self._neighbor_threshold, self._conflict_threshold = neighbor_threshold, conflict_threshold
+        self._bands, self._bits, self._max_bucket, self._seed = bands, bits, max_bucket, seed
+
+    def expand(self, facts):
+        partials = (
+            facts
+            | "AssignBands" >> beam.ParDo(_AssignBands(self._bands, self._bits, self._seed))
+            .with_output_types(tuple[int, tuple[str, bytes, str, str, int]])
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "ScoreBuckets" >> beam.ParDo(_ScoreBuckets(
+                self._bits, self._bands, self._seed, self._neighbor_threshold, self._max_bucket)))
+        # Every input key gets an empty partial, so facts alone in all their buckets still come out.
+        every_fact = facts | "EveryFact" >> beam.Map(lambda kv: (kv[0], _EMPTY))
+        return ((every_fact, partials)
+                | "FlattenPartials" >> beam.Flatten()
+                | "MergePerFact" >> beam.CombinePerKey(_MergePartials(self._conflict_threshold)))
+
