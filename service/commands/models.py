@@ -9,7 +9,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="manage the bundled offline models")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     prep = msub.add_parser("prepare", help="convert the bundled GGUF models once (idempotent)")
-    prep.add_argument("names", nargs="*", help="bundled model names (default: every installed one)")
+    prep.add_argument("names", nargs="*", help="bundled model names (default: the default LM)")
     prep.set_defaults(run=run)
 
 

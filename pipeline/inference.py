@@ -1,0 +1,32 @@
+"""Glue shared by the RunInference stages (ProbeModel, EmbedTexts)."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+
+METRICS_NS = "beacon"
+
+
+class KeyedInference(beam.PTransform):
+    """(key, fact) -> ``{"ok": (key, fact + inference), "failed": (key, fact, error)}``.
+
+    A batch that raises goes whole to ``failed`` (RunInference's dead letters), one row per fact,
+    so nothing is lost and one bad batch does not stop the run.
+    """
+
+    def __init__(self, handler: ModelHandler):
+        super().__init__()
+        self._handler = KeyedModelHandler(handler)
+
+    def expand(self, facts):
+        main, other = facts | "RunInference" >> RunInference(self._handler).with_exception_handling()
+        ok = main | "Merge" >> beam.MapTuple(lambda key, result: (key, {**result.example, **result.inference}))
+        failed = other.failed_inferences | "FailedBatches" >> beam.FlatMap(_explode_failed_batch)
+        return {"ok": ok, "failed": failed}
+
+
+def _explode_failed_batch(failure):
+    batch, error = failure
+    for key, fact in batch:
+        yield key, fact, f"{type(error).__name__}: {error}"

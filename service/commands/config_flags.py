@@ -1,0 +1,39 @@
+"""CLI flags generated from a pydantic config: every config key is a flag, with its help text."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+
+def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: set[str] = frozenset()) -> None:
+    """One ``--kebab-name`` flag per field; default None so only given flags override the file."""
+    group = parser.add_argument_group(f"{model.__name__} (also keys of --config)")
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description or ''} (default: {field.default!r})"
+        annotation = field.annotation
+        args = typing.get_args(annotation)
+        origin = typing.get_origin(annotation)
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is Literal:
+            kwargs["choices"] = list(args)
+        elif origin is tuple:
+            kwargs.update(nargs=len(args), type=args[0], metavar=tuple(name.upper() for _ in args))
+        else:
+            base = next((a for a in args if a is not type(None)), annotation) if args else annotation
+            kwargs["type"] = base if base in (int, float, str) else str
+        group.add_argument(flag, **kwargs)
+
+
+def overrides_from(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """The config keys given on the command line."""
+    return {name: getattr(args, name) for name in model.model_fields
+            if getattr(args, name, None) is not None}

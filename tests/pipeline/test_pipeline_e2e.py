@@ -1,0 +1,99 @@
+"""One real curation run end to end: the bundled models, Beam's FnApiRunner, Parquet, the manifest."""
+
+import json
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import CurateConfig
+from pipeline.run import curate
+from schemas import REJECTED_SCHEMA, SCORED_SCHEMA, Manifest
+from service.cli import main as beacon
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "mini_facts.jsonl"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("curated") / "dataset"
+    # Through the CLI, as a user runs it; a small batch so the run has several LM batches.
+    assert beacon(["curate", str(FIXTURE), "--out", str(out), "--probe-batch-size", "4"]) == 0
+    return out
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    table = pq.read_table(out / "scored", schema=SCORED_SCHEMA)
+    return {r["fact_id"]: r for r in table.to_pylist()}
+
+
+def test_layout_on_disk_and_explicit_schemas(curated):
+    assert sorted(p.name for p in curated.iterdir()) == ["manifest.json", "rejected", "scored"]
+    assert pq.read_schema(next((curated / "scored").glob("*.parquet"))).remove_metadata() == SCORED_SCHEMA
+    assert pq.read_schema(next((curated / "rejected").glob("*.parquet"))).remove_metadata() == REJECTED_SCHEMA
+    assert not list(curated.parent.glob(".dataset.staging-*"))
+
+
+def test_every_record_is_scored_or_rejected_and_the_manifest_says_so(curated):
+    manifest = Manifest.model_validate_json((curated / "manifest.json").read_text())
+    c = manifest.counts
+    assert (c.input, c.scored, c.rejected) == (11, 8, 3)
+    assert c.input == c.scored + c.rejected
+    assert c.by_reason == {"kept": 6, "duplicate": 1, "conflict": 1}
+    assert manifest.rejected_by_stage == {"parse": 2, "validate": 1}
+    assert set(manifest.quantiles) >= {"drift", "drift_sentence", "drift_lm", "drift_expected", "interference"}
+    assert manifest.models["lm"].name == "bundled:smollm2-135m-instruct"
+    assert manifest.config_hash == CurateConfig(probe_batch_size=4).config_hash()
+    rejected = pq.read_table(curated / "rejected").to_pylist()
+    assert sorted(r["position"] for r in rejected) == [8, 9, 10]
+    assert all(r["raw"] and r["error"] for r in rejected)
+
+
+def test_scores_and_decisions(curated):
+    rows = _rows(curated)
+    # The model already answers "Tokyo": every answer-based drift is ~0 and the target is likely.
+    assert rows["m01"]["drift_sentence"] < 0.05 and rows["m01"]["drift_lm"] < 0.05
+    assert rows["m01"]["target_rank"] == 1
+    assert rows["m01"]["drift_expected"] < rows["m08"]["drift_expected"]
+    assert rows["m05"]["reason"] == "duplicate" and rows["m05"]["duplicate_of"] == "m03"
+    assert rows["m02"]["conflicts_with"] == ["m04"] and rows["m02"]["reason"] == "kept"
+    assert rows["m04"]["reason"] == "conflict" and rows["m04"]["interference"] > 0.99
+    assert rows["m06"]["shared_target"] == 1 and rows["m07"]["shared_target"] == 1
+    kept = [r for r in rows.values() if r["keep"]]
+    assert sum(r["weight"] for r in kept) / len(kept) == pytest.approx(1.0)
+    assert all(r["weight"] == 0.0 for r in rows.values() if not r["keep"])
+    assert rows["m02"]["paraphrases"] == ["Kenya's capital city is"]
+    assert rows["m02"]["locality"] == [{"prompt": "The capital of Uganda is", "answer": "Kampala"}]
+
+
+def test_duckdb_can_rethreshold_without_rerunning(curated):
+    con = duckdb.connect()
+    n = con.execute(f"select count(*) from '{curated}/scored/*.parquet' where keep and drift < 2").fetchone()[0]
+    assert n == 6
+
+
+def test_rerun_gives_the_same_scores(curated, tmp_path):
+    manifest = curate([str(FIXTURE)], str(tmp_path / "again"), CurateConfig(probe_batch_size=4))
+    first, second = _rows(curated), _rows(tmp_path / "again")
+    assert manifest.dataset_id == json.loads((curated / "manifest.json").read_text())["dataset_id"]
+    for fact_id, row in first.items():
+        other = second[fact_id]
+        assert other["prediction"] == row["prediction"]
+        assert other["reason"] == row["reason"]
+        for col in ("drift", "drift_sentence", "drift_lm", "drift_expected", "target_logprob", "interference"):
+            assert other[col] == pytest.approx(row[col], abs=1e-5), (fact_id, col)
+
+
+def test_existing_output_is_refused_without_overwrite(curated):
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        curate([str(FIXTURE)], str(curated), CurateConfig())
+
+
+def test_a_failed_run_leaves_nothing_where_readers_look(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(Exception, match="unknown bundled model"):
+        curate([str(FIXTURE)], str(out), CurateConfig(model="bundled:no-such-model"))
+    assert not out.exists()
+    assert not list(tmp_path.iterdir())

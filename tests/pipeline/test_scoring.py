@@ -1,0 +1,140 @@
+"""Pure scoring and policy functions: drift, answer slots, thresholds, decisions, weights."""
+
+import numpy as np
+import pytest
+
+from pipeline.config import CurateConfig, load_config
+from pipeline.drift import cosine_drift, sentence_drift, with_drift
+from pipeline.policy import decide, quantile, raw_weight, resolve_thresholds
+from pipeline.probe import answer_head, target_text
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_identical_answer_and_target_have_zero_drift():
+    e = _unit([0.3, -1.2, 2.0])
+    assert cosine_drift(e, e) == pytest.approx(0.0, abs=1e-6)
+    fact = {"emb_answer": e, "emb_target": e.copy(), "answer_empty": False}
+    assert sentence_drift(fact) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_drift_grows_with_distance_and_stays_in_range():
+    t = _unit([1, 0, 0])
+    near, far, opposite = _unit([1, 0.2, 0]), _unit([0, 1, 0]), _unit([-1, 0, 0])
+    assert cosine_drift(near, t) < cosine_drift(far, t) < cosine_drift(opposite, t) <= 2.0
+    assert cosine_drift(far, t) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_empty_answer_counts_as_far():
+    e = _unit([1, 1])
+    assert sentence_drift({"emb_answer": e, "emb_target": e, "answer_empty": True}) == 1.0
+
+
+def test_default_drift_column_follows_the_definition():
+    e = _unit([1, 0])
+    fact = {"emb_answer": e, "emb_target": e, "answer_empty": False, "drift_lm": 0.7, "drift_expected": 0.2}
+    assert with_drift(fact, "expected")["drift"] == 0.2
+    assert with_drift(fact, "lm")["drift"] == 0.7
+    assert with_drift(fact, "sentence")["drift"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("prediction,target,expected", [
+    ("Paris.", "Paris", "Paris"),
+    ("French. She is a Canadian artist who", "English", "French"),
+    ("New York City is big", "Los Angeles", "New York"),
+    ("", "Sega", ""),
+    ("...", "Sega", ""),
+])
+def test_answer_head_takes_the_targets_slot(prediction, target, expected):
+    assert answer_head(prediction, target) == expected
+
+
+def test_target_continues_the_prompt_with_one_space():
+    assert target_text("BBC One, by", "Sega") == " Sega"
+    assert target_text("Answer: ", "Sega") == "Sega"
+
+
+def test_quantile_picks_from_evenly_spaced_points():
+    points = list(np.linspace(0, 1, 1001))
+    assert quantile(points, 0.9) == pytest.approx(0.9)
+    assert quantile([], 0.5) is None
+
+
+def test_quantile_thresholds_are_resolved_on_the_data():
+    config = CurateConfig(max_drift_quantile=0.75, max_interference=0.8)
+    t = resolve_thresholds(config, list(np.linspace(0, 2, 1001)), [0.0] * 1001)
+    assert t["max_drift"] == pytest.approx(1.5)
+    assert t["max_interference"] == 0.8
+    assert t["median_drift"] == pytest.approx(1.0)
+
+
+def _fact(**kw):
+    base = dict(drift=0.5, interference=0.1, conflicts_with=[], conflict_with_earlier=False, duplicate_of=None)
+    return {**base, **kw}
+
+
+NO_THRESHOLDS = {"max_drift": None, "max_interference": None, "median_drift": 0.5}
+
+
+def test_decisions_and_their_precedence():
+    config = CurateConfig()
+    t = {"max_drift": 0.6, "max_interference": 0.9, "median_drift": 0.5}
+    assert decide(_fact(), config, t) == "kept"
+    assert decide(_fact(drift=0.7), config, t) == "high_drift"
+    assert decide(_fact(interference=0.95), config, t) == "high_interference"
+    assert decide(_fact(duplicate_of="f1", drift=0.9), config, t) == "duplicate"
+    later = _fact(conflicts_with=["f1"], conflict_with_earlier=True, drift=0.9)
+    assert decide(later, config, t) == "conflict"
+
+
+def test_conflict_actions():
+    first = _fact(conflicts_with=["f2"], conflict_with_earlier=False)
+    later = _fact(conflicts_with=["f1"], conflict_with_earlier=True)
+    keep_first, drop_all, keep_all = (CurateConfig(conflicts=c) for c in ("keep_first", "drop_all", "keep_all"))
+    assert [decide(f, keep_first, NO_THRESHOLDS) for f in (first, later)] == ["kept", "conflict"]
+    assert [decide(f, drop_all, NO_THRESHOLDS) for f in (first, later)] == ["conflict", "conflict"]
+    assert [decide(f, keep_all, NO_THRESHOLDS) for f in (first, later)] == ["kept", "kept"]
+
+
+def test_weights_follow_drift_in_the_chosen_direction_and_are_clipped():
+    up, down, flat = (CurateConfig(weighting=w) for w in ("drift", "inverse_drift", "none"))
+    assert raw_weight(1.0, up, 0.5) == pytest.approx(2.0)
+    assert raw_weight(1.0, down, 0.5) == pytest.approx(0.5)
+    assert raw_weight(1.0, flat, 0.5) == 1.0
+    assert raw_weight(0.0, up, 0.5) == pytest.approx(0.2)  # clipped at the low end
+    assert raw_weight(100.0, up, 0.5) == pytest.approx(5.0)
+
+
+def test_config_rejects_impossible_combinations_naming_the_fields():
+    with pytest.raises(ValueError, match="max_drift and max_drift_quantile"):
+        CurateConfig(max_drift=0.5, max_drift_quantile=0.9)
+    with pytest.raises(ValueError, match="conflict_threshold"):
+        CurateConfig(neighbor_threshold=0.95, conflict_threshold=0.9)
+    with pytest.raises(ValueError, match="weight_clip"):
+        CurateConfig(weight_clip=(2.0, 1.0))
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "beacon.yaml"
+    path.write_text("curate:\n  max_drift_quantile: 0.8\n  weighting: drift\n")
+    config = load_config(path, {"weighting": "inverse_drift", "lsh_bands": None})
+    assert config.max_drift_quantile == 0.8 and config.weighting == "inverse_drift"
+    with pytest.raises(ValueError, match="lsh_bands"):
+        load_config(None, {"lsh_bands": 0})
+    with pytest.raises(ValueError, match="not found"):
+        load_config(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_config(tmp_path / "bad.json")
+    (tmp_path / "typo.json").write_text('{"max_drfit": 1}')
+    with pytest.raises(ValueError, match="max_drfit"):
+        load_config(tmp_path / "typo.json")
+
+
+def test_config_hash_ignores_batch_sizes_but_not_scores():
+    base = CurateConfig()
+    assert base.config_hash() == CurateConfig(probe_batch_size=4).config_hash()
+    assert base.config_hash() != CurateConfig(conflict_threshold=0.97).config_hash()

@@ -1,0 +1,80 @@
+"""Each pyarrow schema and its pydantic model describe the same record."""
+
+import json
+import types
+import typing
+
+import pyarrow as pa
+import pytest
+from pydantic import BaseModel
+
+from schemas import (FACT_SCHEMA, MANIFEST_SCHEMA, REJECTED_SCHEMA, SCORED_SCHEMA, Counts, Fact,
+                     Manifest, Rejected, ScoredFact)
+from schemas.fact import stable_fact_id
+from schemas.manifest import InputFile, ModelRef
+
+FACT = dict(fact_id="f1", prompt="The capital of Freedonia is", target="Marlow", subject="Freedonia",
+            relation="capital", ground_truth="Fredonia City", paraphrases=["Freedonia's capital is"],
+            locality=[{"prompt": "The capital of France is", "answer": "Paris"}], source="a.jsonl",
+            position=0, meta={"origin": "test"})
+SCORED = dict(FACT, prediction="Paris", drift=0.3, drift_sentence=0.4, drift_lm=0.5, drift_expected=0.3,
+              target_logprob=-3.2, target_rank=12, interference=0.42, neighbors=1, conflicts_with=["f9"],
+              shared_target=2, duplicate_of=None, keep=True, reason="kept", weight=1.0, config_hash="abc")
+MANIFEST = Manifest(
+    dataset_id="ds_1", created_at="2026-11-30T00:00:00+00:00", beacon_version="0.1.0",
+    inputs=[InputFile(path="a.jsonl", sha256="00", bytes=10)], input_digest="11", format="auto",
+    counts=Counts(input=3, scored=2, rejected=1, kept=1, by_reason={"kept": 1, "duplicate": 1}),
+    rejected_by_stage={"parse": 1}, quantiles={"drift": {"q0.5": 0.3}}, thresholds={"max_drift": 0.9},
+    config={"model": "x", "weight_clip": [0.2, 5.0]}, config_hash="abc",
+    models={"lm": ModelRef(name="bundled:x", path="/p", revision="1")}, runner="FnApiRunner",
+    timings={"total": 1.5})
+
+PAIRS = [(FACT_SCHEMA, Fact), (SCORED_SCHEMA, ScoredFact), (REJECTED_SCHEMA, Rejected), (MANIFEST_SCHEMA, Manifest)]
+
+
+def _optional(annotation) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
+
+
+@pytest.mark.parametrize("schema,model", PAIRS, ids=lambda x: getattr(x, "__name__", "schema"))
+def test_same_fields_in_same_order(schema: pa.Schema, model: type[BaseModel]):
+    assert schema.names == list(model.model_fields)
+
+
+@pytest.mark.parametrize("schema,model", PAIRS, ids=lambda x: getattr(x, "__name__", "schema"))
+def test_nullability_agrees(schema: pa.Schema, model: type[BaseModel]):
+    for field in schema:
+        assert field.nullable == _optional(model.model_fields[field.name].annotation), field.name
+
+
+@pytest.mark.parametrize("schema,model,row", [
+    (FACT_SCHEMA, Fact, FACT), (SCORED_SCHEMA, ScoredFact, SCORED),
+    (REJECTED_SCHEMA, Rejected, dict(source="a", position=3, raw="{", stage="parse", error="bad")),
+])
+def test_a_valid_record_round_trips_through_arrow(schema, model, row):
+    validated = model(**row).model_dump()
+    table = pa.Table.from_pylist([validated], schema=schema)
+    back = table.to_pylist()[0]
+    back["meta"] = dict(back["meta"]) if "meta" in back else None
+    if "meta" not in schema.names:
+        back.pop("meta")
+    assert model(**back) == model(**row)
+
+
+def test_manifest_round_trips_through_arrow_with_json_config():
+    table = pa.Table.from_pylist([MANIFEST.to_arrow_row()], schema=MANIFEST_SCHEMA)
+    row = table.to_pylist()[0]
+    assert json.loads(row["config"]) == MANIFEST.config
+    assert dict(row["counts"]["by_reason"]) == {"kept": 1, "duplicate": 1}
+    assert MANIFEST_SCHEMA.field("config").metadata == {b"encoding": b"json"}
+
+
+def test_scored_reason_must_be_known():
+    with pytest.raises(ValueError):
+        ScoredFact(**dict(SCORED, reason="because"))
+
+
+def test_stable_fact_id_depends_on_prompt_and_target_only():
+    assert stable_fact_id("p", "t") == stable_fact_id("p", "t")
+    assert stable_fact_id("p", "t") != stable_fact_id("p", "u")
+    assert stable_fact_id("ab", "c") != stable_fact_id("a", "bc")
