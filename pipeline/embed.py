@@ -12,7 +12,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipeline.models import resolve_encoder
 from pipeline.inference import METRICS_NS, KeyedInference
-from pipeline.probe import answer_head
+from pipeline.probe import Progress, answer_head
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class SentenceEncoderHandler(ModelHandler[dict, dict, Any]):
         super().__init__()
         self._model_spec = model
         self._batch_size = batch_size
+        self._progress = Progress("embed")
 
     def load_model(self) -> Any:
         from sentence_transformers import SentenceTransformer
@@ -46,6 +47,7 @@ class SentenceEncoderHandler(ModelHandler[dict, dict, Any]):
         vectors = model.encode(unique, batch_size=self._batch_size, normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
         index = {text: vectors[i] for i, text in enumerate(unique)}
+        self._progress.add(len(batch))
         for fact, (prompt, target, answer) in zip(batch, rows):
             yield PredictionResult(fact, {
                 "emb_prompt": index[prompt], "emb_target": index[target], "emb_answer": index[answer],

@@ -23,6 +23,24 @@ from pipeline.models import resolve_lm
 log = logging.getLogger(__name__)
 
 
+class Progress:
+    """Logs how many facts a stage has done and how fast, at most every ``every`` seconds."""
+
+    def __init__(self, stage: str, every: float = 10.0):
+        self._stage, self._every = stage, every
+        self._done, self._started, self._last = 0, 0.0, 0.0
+
+    def add(self, n: int) -> None:
+        now = time.perf_counter()
+        if not self._started:
+            self._started = self._last = now
+        self._done += n
+        if now - self._last >= self._every:
+            self._last = now
+            rate = self._done / max(now - self._started, 1e-9)
+            log.info("%s: %d facts done (%.1f facts/s)", self._stage, self._done, rate)
+
+
 def target_text(prompt: str, target: str) -> str:
     """The target as it continues the prompt: with one leading space (" Sega" != "Sega")."""
     return target if prompt.endswith((" ", "\n")) else " " + target
@@ -64,6 +82,7 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
         self._batch_size = batch_size
         self._max_new_tokens = max_new_tokens
         self._chat_template = chat_template
+        self._progress = Progress("probe")
 
     def load_model(self) -> LoadedLM:
         import torch
@@ -91,6 +110,7 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
         answers = greedy_answers(lm, tokenizer, prompts, self._max_new_tokens)
         scores = score_targets(lm, tokenizer, prompts, targets)
         drift_lm = lm_answer_drift(lm, tokenizer, prompts, answers, targets)
+        self._progress.add(len(batch))
         for i, fact in enumerate(batch):
             yield PredictionResult(fact, {
                 "prediction": answers[i],
