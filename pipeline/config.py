@@ -47,8 +47,8 @@ class CurateConfig(BaseModel):
     conflict_threshold: float = Field(0.95, ge=-1.0, le=1.0,
                                       description="Prompt cosine above which different targets conflict.")
     lsh_bands: int = Field(16, gt=0, description="LSH bands (more: higher recall, more work).")
-    lsh_bits: int = Field(8, gt=0, le=30, description="Hyperplane bits per band (more: smaller buckets).")
-    lsh_max_bucket: int = Field(2000, gt=1, description="Buckets above this size are split further.")
+    lsh_bits: int = Field(10, gt=0, le=30, description="Hyperplane bits per band (more: smaller buckets).")
+    lsh_max_bucket: int = Field(200, gt=1, description="Buckets above this size are split further.")
     lsh_seed: int = Field(0, description="Seed of the random hyperplanes.")
 
     # --- policy ----------------------------------------------------------------------------------

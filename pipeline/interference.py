@@ -18,15 +18,20 @@ logic; the Beam transform only moves data between them.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 MAX_SPLIT_DEPTH = 16
 _ROW_BLOCK = 1024  # rows of a bucket scored at once: bounds memory for huge unsplittable buckets
 _NAMESPACE = "beacon"
+# Facts whose merged partials a scoring worker holds before emitting them (~200 bytes each). Below
+# the number of facts a bundle touches, the merge saves little: at 100k facts a 50k cap still
+# emitted 1.2M partials.
+_FLUSH_KEYS = 500_000
 
 # A member's partial result from one bucket: (best cosine to a different target, floored at 0;
 # ((fact_id, cos, targets_differ, is_earlier), ...) for the other members at or above the
@@ -98,10 +103,9 @@ def score_bucket(members: Sequence[Member], *, neighbor_threshold: float, max_bu
 def _score_members(emb: np.ndarray, keys: list[str], targets: list[str], fact_ids: list[str],
                    orders: list[int], *, neighbor_threshold: float, max_bucket: int,
                    split_planes: np.ndarray | None) -> BucketScores:
-    n = len(keys)
-    _, codes = np.unique(np.asarray(targets, dtype=object).astype(str), return_inverse=True)
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(t, len(index)) for t in targets), np.int64, len(targets))
     leaves = _split(emb, max_bucket, split_planes)
-    rank: np.ndarray | None = None  # position in (order, fact_id): only needed when pairs are close
     partials: list[tuple[str, Partial]] = []
     pairs = 0
     for leaf in leaves:
@@ -109,27 +113,45 @@ def _score_members(emb: np.ndarray, keys: list[str], targets: list[str], fact_id
         if s < 2:
             continue
         pairs += s * (s - 1) // 2
-        e, c = emb[leaf], codes[leaf]
+        e, c, members = emb[leaf], codes[leaf], leaf.tolist()
         for r0 in range(0, s, _ROW_BLOCK):
             r1 = min(s, r0 + _ROW_BLOCK)
             cos = e[r0:r1] @ e.T
-            differ = c[r0:r1, None] != c[None, :]
-            # Floor at 0: a negative cosine means "unrelated", the same as no candidate.
-            best = np.where(differ, cos, 0.0).max(axis=1)
             cos[np.arange(r1 - r0), np.arange(r0, r1)] = -np.inf  # a fact is not its own neighbour
-            rows, cols = np.nonzero(cos >= neighbor_threshold)
-            if len(rows) and rank is None:
-                rank = np.empty(n, dtype=np.int64)
-                rank[sorted(range(n), key=lambda i: (orders[i], fact_ids[i]))] = np.arange(n)
+            best, rows, cols = _block_scores(cos, c[r0:r1], c, neighbor_threshold)
             hits: dict[int, list[tuple[str, float, bool, bool]]] = {}
             for r, col in zip(rows.tolist(), cols.tolist()):
-                i, j = int(leaf[r0 + r]), int(leaf[col])
+                i, j = members[r0 + r], members[col]
+                earlier = (orders[j], fact_ids[j]) < (orders[i], fact_ids[i])
                 hits.setdefault(r, []).append(
-                    (fact_ids[j], float(cos[r, col]), bool(differ[r, col]), bool(rank[j] < rank[i])))
-            for r in range(r1 - r0):
-                if best[r] > 0.0 or r in hits:
-                    partials.append((keys[leaf[r0 + r]], (float(best[r]), tuple(hits.get(r, ())))))
+                    (fact_ids[j], float(cos[r, col]), targets[i] != targets[j], earlier))
+            # Python floats and lists from here: this loop runs once per fact and band.
+            for r, b in enumerate(best.tolist()):
+                if b > 0.0 or r in hits:
+                    partials.append((keys[members[r0 + r]], (b, tuple(hits.get(r, ())))))
     return BucketScores(partials, pairs, len(leaves) > 1)
+
+
+def _block_scores(cos: np.ndarray, row_codes: np.ndarray, col_codes: np.ndarray,
+                  threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of a cosine block (self entries at -inf): the best cosine to another target,
+    floored at 0, and the (row, col) pairs at or above ``threshold``.
+
+    One pass over the block in the common case (this is where the stage spends its arithmetic): a
+    row's nearest usually has another target, and most rows have nothing above the threshold, so
+    only the exceptions are looked at again.
+    """
+    nearest = cos.argmax(axis=1)
+    top = cos[np.arange(len(cos)), nearest]
+    best = top.copy()
+    same = col_codes[nearest] == row_codes
+    if same.any():
+        masked = cos[same]  # a copy: the mask must not touch the hits below
+        masked[row_codes[same][:, None] == col_codes[None, :]] = -np.inf
+        best[same] = masked.max(axis=1)
+    hot = np.nonzero(top >= threshold)[0]
+    rows, cols = np.nonzero(cos[hot] >= threshold)
+    return np.maximum(best, 0.0), hot[rows], cols
 
 
 def _split(emb: np.ndarray, max_bucket: int, planes: np.ndarray | None) -> list[np.ndarray]:
@@ -209,8 +231,8 @@ def find_interference(embeddings: np.ndarray, target_norms: Sequence[str], fact_
 class _AssignBands(beam.DoFn):
     """(key, fact) -> (band key, compact payload) once per band."""
 
-    def __init__(self, bands: int, bits: int, seed: int):
-        self._bands, self._bits, self._seed = bands, bits, seed
+    def __init__(self, bands: int, bits: int, seed: int, payload: str):
+        self._bands, self._bits, self._seed, self._payload = bands, bits, seed, payload
 
     def setup(self):
         # Planes depend on the embedding size, known at the first element: made once per
@@ -224,24 +246,33 @@ class _AssignBands(beam.DoFn):
         if dim not in self._planes:
             self._planes[dim] = hyperplanes(dim, self._bands, self._bits, self._seed)
         signature = band_keys(emb, self._planes[dim])[0].tolist()
-        # Raw float32 bytes: n·bands of these are shuffled, so no pickled arrays or lists.
-        payload = (key, emb.tobytes(), fact["target_norm"], fact["fact_id"], int(fact["order"]))
+        # Raw bytes: n·bands of these are shuffled, so no pickled arrays or lists.
+        blob = emb.astype(self._payload, copy=False).tobytes()
+        payload = (key, blob, fact["target_norm"], fact["fact_id"], int(fact["order"]))
         for band, sig in enumerate(signature):
             yield (band << self._bits) | sig, payload
 
 
 class _ScoreBuckets(beam.DoFn):
-    """(band key, payloads) -> (key, partial) for each member with something to report."""
+    """(band key, payloads) -> (key, partial), merged over the bundle for each fact."""
 
-    def __init__(self, bits: int, bands: int, seed: int, neighbor_threshold: float, max_bucket: int):
-        self._bits, self._bands, self._seed = bits, bands, seed
+    def __init__(self, bits: int, bands: int, seed: int, neighbor_threshold: float, max_bucket: int,
+                 payload: str):
+        self._bits, self._bands, self._seed, self._payload = bits, bands, seed, payload
         self._threshold, self._max_bucket = neighbor_threshold, max_bucket
         self._pairs = Metrics.counter(_NAMESPACE, "interference_pairs_scored")
         self._split = Metrics.counter(_NAMESPACE, "interference_buckets_split")
         self._buckets = Metrics.counter(_NAMESPACE, "interference_buckets_scored")
+        self._emitted = Metrics.counter(_NAMESPACE, "interference_partials_emitted")
 
     def setup(self):
         self._split_planes: dict[int, np.ndarray] = {}
+
+    def start_bundle(self):
+        # A fact meets up to `bands` buckets; merging here, not in the runner, cuts the partials
+        # shuffled to the final combine from ~n·bands to ~n per bundle (the runner does not lift
+        # a combine behind a Flatten).
+        self._accs: dict[str, tuple[float, dict]] = {}
 
     def process(self, element):
         band_key, payloads = element
@@ -249,7 +280,8 @@ class _ScoreBuckets(beam.DoFn):
         if len(payloads) < 2:
             return
         keys, blobs, targets, fact_ids, orders = map(list, zip(*payloads))
-        emb = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keys), -1)
+        emb = np.frombuffer(b"".join(blobs), dtype=self._payload).reshape(len(keys), -1)
+        emb = emb.astype(np.float32, copy=False)
         dim = emb.shape[1]
         if dim not in self._split_planes:
             self._split_planes[dim] = split_hyperplanes(dim, self._bands, self._seed)
@@ -260,7 +292,20 @@ class _ScoreBuckets(beam.DoFn):
         self._pairs.inc(scores.pairs_scored)
         if scores.split:
             self._split.inc()
-        yield from scores.partials
+        for key, partial in scores.partials:
+            self._accs[key] = merge_partials(self._accs.get(key) or (0.0, {}), partial)
+        if len(self._accs) >= _FLUSH_KEYS:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for kv in self._flush():
+            yield GlobalWindows.windowed_value(kv)  # batch scoring runs in the global window
+
+    def _flush(self):
+        accs, self._accs = self._accs, {}
+        self._emitted.inc(len(accs))
+        for key, (best, entries) in accs.items():
+            yield key, (best, tuple((f, *e) for f, e in entries.items()))
 
 
 class _MergePartials(beam.CombineFn):
@@ -292,10 +337,15 @@ class ScoreInterference(beam.PTransform):
     Outputs exactly one ``{'interference', 'neighbors', 'conflicts_with',
     'conflict_with_earlier'}`` per input key (zeros for facts without candidates); the semantics
     are those of ``find_interference``. Embeddings must be float32 and L2-normalised; keys unique.
+
+    ``payload`` is how embeddings travel through the shuffle (n·bands copies): 'float16' halves
+    the bytes, and cosines then carry an error of about 1e-4, so pairs that close to a threshold
+    may fall on either side.
     """
 
     def __init__(self, *, neighbor_threshold: float = 0.9, conflict_threshold: float = 0.95,
-                 bands: int = 16, bits: int = 8, max_bucket: int = 2000, seed: int = 0):
+                 bands: int = 16, bits: int = 8, max_bucket: int = 2000, seed: int = 0,
+                 payload: Literal["float32", "float16"] = "float32"):
         super().__init__()
         if not -1.0 <= neighbor_threshold <= conflict_threshold <= 1.0:
             raise ValueError(f"need -1 <= neighbor_threshold ({neighbor_threshold}) <= "
@@ -303,17 +353,22 @@ class ScoreInterference(beam.PTransform):
         if bands < 1 or not 1 <= bits <= 30 or max_bucket < 2:
             raise ValueError(f"need bands >= 1, 1 <= bits <= 30, max_bucket >= 2; got bands={bands}, "
                              f"bits={bits}, max_bucket={max_bucket}")
+        if payload not in ("float32", "float16"):
+            raise ValueError(f"payload must be 'float32' or 'float16', got {payload!r}")
         self._neighbor_threshold, self._conflict_threshold = neighbor_threshold, conflict_threshold
+        self._payload = payload
         self._bands, self._bits, self._max_bucket, self._seed = bands, bits, max_bucket, seed
 
     def expand(self, facts):
+        assign = beam.ParDo(_AssignBands(self._bands, self._bits, self._seed, self._payload))
         partials = (
             facts
-            | "AssignBands" >> beam.ParDo(_AssignBands(self._bands, self._bits, self._seed))
-            .with_output_types(tuple[int, tuple[str, bytes, str, str, int]])
+            # Typed output: a compact tuple coder for the n·bands shuffled elements.
+            | "AssignBands" >> assign.with_output_types(tuple[int, tuple[str, bytes, str, str, int]])
             | "GroupBuckets" >> beam.GroupByKey()
             | "ScoreBuckets" >> beam.ParDo(_ScoreBuckets(
-                self._bits, self._bands, self._seed, self._neighbor_threshold, self._max_bucket)))
+                self._bits, self._bands, self._seed, self._neighbor_threshold, self._max_bucket,
+                self._payload)))
         # Every input key gets an empty partial, so facts alone in all their buckets still come out.
         every_fact = facts | "EveryFact" >> beam.Map(lambda kv: (kv[0], _EMPTY))
         return ((every_fact, partials)

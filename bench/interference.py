@@ -1,0 +1,294 @@
+"""Benchmark: the interference stage alone (LSH in Beam) at 10k and 100k facts vs exact all-pairs.
+
+Facts
+    Real: the prompts of CounterFact train + val (11,919 records, ``--data``), encoded once with the
+    bundled all-MiniLM-L6-v2 (CPU, normalize_embeddings=True); the embeddings are cached in
+    ``--out`` as ``counterfact_prompts_minilm.npy`` (gitignored; the records are not copied).
+    10k: the first 10,000 real prompts with their ``target_new``.
+    100k: all real prompts plus copies up to 100,000. A copy picks a real source embedding x
+    uniformly (numpy default_rng(seed)), picks a cosine c, and is unit(c·x + sqrt(1 − c²)·u) with u
+    a random unit vector orthogonal to x, so cos(copy, x) = c exactly. c ~ U(0.90, 0.995) for a
+    near-duplicate (probability ``--near-dup``, default 0.1), otherwise c ~ U(0.60, 0.90). A copy
+    keeps its source's target with probability 0.5, else takes the target of a random real record.
+    Copies of one source are also close to each other (cos ≈ c1·c2).
+
+Measured
+    LSH: wall time of a DirectRunner (in-process, one worker) pipeline: read facts from the cached
+    embeddings -> ``ScoreInterference`` -> write results to local pickles, minus the same pipeline
+    without ``ScoreInterference`` (read -> write); both are reported, with the CPU seconds of this
+    process beside the wall time (the machine may be shared; CPU time is the steadier number).
+    Exact: one pass over the upper triangle of E·Eᵀ in 4,096² float32 blocks, keeping only the pairs
+    at or above the neighbour threshold (what an exact stage needs to produce the same scores).
+    Both run with one BLAS thread (set before numpy loads; export OPENBLAS_NUM_THREADS to change).
+    Recall: pairs >= neighbour threshold found (sum of ``neighbors`` / 2 over exact pairs; LSH scores
+    pairs exactly, so it has no false positives) and conflict pairs (>= conflict threshold,
+    different normalised targets) found in ``conflicts_with``; ``interference exact`` is the share of
+    facts with a true different-target maximum >= the neighbour threshold whose LSH value equals it
+    (within 1e-5; the JSON also has the largest error, which the float16 payload makes ~1e-4).
+
+    .venv/bin/python bench/interference.py --out bench/results   # writes interference.json
+    .venv/bin/python bench/interference.py --configs 16,8,2000,float32 16,10,200,float32 --tag tune
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+# One BLAS thread, set before numpy loads: the runner (not BLAS) owns parallelism, and on a shared
+# 2-core machine a multi-threaded OpenBLAS spins on small bucket products (measured ~10x slower).
+# Exact all-pairs gets the same single thread, so the comparison is per core.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import apache_beam as beam  # noqa: E402 - after the BLAS setting
+import numpy as np  # noqa: E402
+from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.interference import ScoreInterference  # noqa: E402 - after the path is set
+from pipeline.text import normalize_text  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+EXACT_BLOCK = 4096
+
+
+def load_records(data_dir: Path) -> list[dict]:
+    return [r for name in ("counterfact-train.json", "counterfact-val.json")
+            for r in json.loads((data_dir / name).read_text())]
+
+
+def real_embeddings(records: list[dict], out: Path) -> np.ndarray:
+    """Prompt embeddings of the records, encoded once and cached."""
+    cache = out / "counterfact_prompts_minilm.npy"
+    if cache.exists():
+        emb = np.load(cache)
+        if len(emb) == len(records):
+            return emb
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.models import resolve_encoder
+
+    encoder = SentenceTransformer(resolve_encoder("bundled:all-minilm-l6-v2"), device="cpu")
+    emb = encoder.encode([r["prompt"] for r in records], batch_size=64, normalize_embeddings=True,
+                         show_progress_bar=False).astype(np.float32)
+    np.save(cache, emb)
+    return emb
+
+
+def build_facts(real: np.ndarray, targets: list[str], n: int, near_dup: float, seed: int):
+    """n embeddings and targets: real ones first, then perturbed copies (see the module docstring)."""
+    if n <= len(real):
+        return real[:n], targets[:n]
+    rng = np.random.default_rng(seed)
+    m = n - len(real)
+    src = rng.integers(0, len(real), m)
+    near = rng.random(m) < near_dup
+    c = np.where(near, rng.uniform(0.90, 0.995, m), rng.uniform(0.60, 0.90, m))
+    x = real[src].astype(np.float64)
+    u = rng.standard_normal((m, real.shape[1]))
+    u -= np.sum(u * x, axis=1, keepdims=True) * x
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    copies = c[:, None] * x + np.sqrt(1 - c * c)[:, None] * u
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    keep = rng.random(m) < 0.5
+    other = rng.integers(0, len(real), m)
+    copy_targets = [targets[s] if k else targets[o] for s, k, o in zip(src, keep, other)]
+    return np.vstack([real, copies.astype(np.float32)]), targets + copy_targets
+
+
+def exact_pairs(emb: np.ndarray, threshold: float):
+    """(i, j, cos) for all i < j with cos >= threshold, blockwise; and (wall s, CPU s) it took."""
+    started, cpu = time.perf_counter(), time.process_time()
+    n, found = len(emb), []
+    for r0 in range(0, n, EXACT_BLOCK):
+        rows = emb[r0:r0 + EXACT_BLOCK]
+        for c0 in range(r0, n, EXACT_BLOCK):
+            cos = rows @ emb[c0:c0 + EXACT_BLOCK].T
+            i, j = np.nonzero(cos >= threshold)
+            keep = r0 + i < c0 + j  # upper triangle only: each pair once, no self pairs
+            found.append((r0 + i[keep], c0 + j[keep], cos[i[keep], j[keep]]))
+    i, j, cos = (np.concatenate(a) for a in zip(*found))
+    return i, j, cos, (time.perf_counter() - started, time.process_time() - cpu)
+
+
+def run_beam(emb_path: Path, targets: list[str], params: dict | None):
+    """Read facts -> (ScoreInterference if params) -> pickles: (wall s, CPU s), outputs, counters."""
+    n = len(targets)
+    with tempfile.TemporaryDirectory() as tmp:
+        started, cpu = time.perf_counter(), time.process_time()
+        p = beam.Pipeline(options=PipelineOptions(flags=[], runner="DirectRunner", direct_num_workers=1,
+                                                  direct_running_mode="in_memory"))
+        facts = (p | "Chunks" >> beam.Create([(s, min(n, s + 5000)) for s in range(0, n, 5000)])
+                 | "Read" >> beam.ParDo(_ReadFacts(str(emb_path), targets)))
+        if params:
+            scored = facts | "Score" >> ScoreInterference(**params)
+        else:
+            scored = facts | "Slim" >> beam.Map(lambda kv: (kv[0], kv[1]["order"]))
+        scored | "Write" >> beam.ParDo(_WritePickles(tmp))
+        result = p.run()
+        result.wait_until_finish()
+        seconds = (time.perf_counter() - started, time.process_time() - cpu)
+        rows = [row for f in Path(tmp).glob("*.pkl") for row in pickle.loads(f.read_bytes())]
+    counters = {c.key.metric.name: c.committed for c in
+                result.metrics().query(MetricsFilter().with_namespace("beacon"))["counters"]}
+    return seconds, rows, counters
+
+
+class _ReadFacts(beam.DoFn):
+    """(start, end) -> facts, from the cached embeddings: keeps 100k arrays out of the graph."""
+
+    def __init__(self, path: str, targets: list[str]):
+        self._path, self._targets = path, targets
+
+    def setup(self):
+        self._emb = np.load(self._path, mmap_mode="r")
+
+    def process(self, chunk):
+        for i in range(*chunk):
+            yield str(i), {"embedding": np.asarray(self._emb[i]), "fact_id": f"f{i}",
+                           "target_norm": normalize_text(self._targets[i]), "order": i}
+
+
+class _WritePickles(beam.DoFn):
+    """Each bundle's outputs to one pickle in a folder (the runner may run DoFns on copies)."""
+
+    def __init__(self, folder: str):
+        self._folder = folder
+
+    def start_bundle(self):
+        self._rows = []
+
+    def process(self, row):
+        self._rows.append(row)
+
+    def finish_bundle(self):
+        Path(self._folder, f"{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(self._rows))
+
+
+class Exact(NamedTuple):
+    """Ground truth for one size: pairs >= the neighbour threshold and what follows from them."""
+
+    pairs: int
+    pairs_conflict_threshold: int
+    conflicts: set[tuple[int, int]]  # (i < j) at or above the conflict threshold, targets differ
+    true_max: np.ndarray  # per fact: exact best different-target cosine if >= threshold, else 0
+    seconds: tuple[float, float]
+
+
+def exact_truth(emb: np.ndarray, targets: list[str], args) -> Exact:
+    """Exact all-pairs (timed) and the scores an exact stage would give above the thresholds."""
+    i, j, cos, seconds = exact_pairs(emb, args.neighbor_threshold)
+    norm = [normalize_text(t) for t in targets]
+    differ = np.array([norm[a] != norm[b] for a, b in zip(i.tolist(), j.tolist())], dtype=bool)
+    conflict = differ & (cos >= args.conflict_threshold)
+    true_max = np.zeros(len(emb))
+    np.maximum.at(true_max, i[differ], cos[differ])
+    np.maximum.at(true_max, j[differ], cos[differ])
+    return Exact(len(i), int((cos >= args.conflict_threshold).sum()),
+                 set(zip(i[conflict].tolist(), j[conflict].tolist())), true_max, seconds)
+
+
+def measure_lsh(path: Path, targets: list[str], config: str, base: tuple[float, float],
+                exact: Exact, args) -> dict:
+    """One LSH config at one size: time, work, and recall against the exact truth."""
+    bands, bits, max_bucket, payload = config.split(",")
+    params = dict(neighbor_threshold=args.neighbor_threshold, conflict_threshold=args.conflict_threshold,
+                  bands=int(bands), bits=int(bits), max_bucket=int(max_bucket), seed=args.seed,
+                  payload=payload)
+    seconds, rows, counters = run_beam(path, targets, params)
+    n = len(targets)
+    assert len(rows) == n and len({k for k, _ in rows}) == n, "ScoreInterference lost or repeated keys"
+    out = {int(k): v for k, v in rows}
+    found = {(min(a, int(f[1:])), max(a, int(f[1:]))) for a, r in out.items() for f in r["conflicts_with"]}
+    high = np.nonzero(exact.true_max > 0)[0]
+    return {
+        "n": n, "config": config, "lsh_s": seconds[0] - base[0], "lsh_cpu_s": seconds[1] - base[1],
+        "lsh_pipeline_s": seconds[0], "read_write_only_s": base[0],
+        "exact_s": exact.seconds[0], "exact_cpu_s": exact.seconds[1],
+        "pairs_ge_neighbor": exact.pairs, "pairs_ge_conflict": exact.pairs_conflict_threshold,
+        "conflict_pairs": len(exact.conflicts),
+        "recall_neighbor": sum(r["neighbors"] for r in out.values()) / 2 / max(1, exact.pairs),
+        "recall_conflict": len(found & exact.conflicts) / max(1, len(exact.conflicts)),
+        "interference_exact": float(np.mean([abs(out[a]["interference"] - exact.true_max[a]) < 1e-5
+                                             for a in high])) if len(high) else 1.0,
+        "interference_max_error": float(max((abs(out[a]["interference"] - exact.true_max[a])
+                                             for a in high), default=0.0)),
+        "pairs_scored": counters.get("interference_pairs_scored", 0),
+        "pairs_all": n * (n - 1) // 2,
+        "buckets_split": counters.get("interference_buckets_split", 0),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DATA), help="folder with counterfact-{train,val}.json")
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--configs", nargs="+", default=["16,10,200,float32"],
+                    help="LSH settings to compare, each 'bands,bits,max_bucket,payload'")
+    ap.add_argument("--neighbor-threshold", type=float, default=0.9)
+    ap.add_argument("--conflict-threshold", type=float, default=0.95)
+    ap.add_argument("--near-dup", type=float, default=0.1, help="share of 100k copies above cos 0.9")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="suffix of the result file, for tuning runs")
+    args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+
+    records = load_records(Path(args.data))
+    real = real_embeddings(records, Path(args.out))
+    results = []
+    for n in args.sizes:
+        emb, targets = build_facts(real, [r["target_new"] for r in records], n, args.near_dup, args.seed)
+        path = Path(args.out) / f"facts_{n}.npy"
+        np.save(path, emb)
+        base, _, _ = run_beam(path, targets, None)
+        exact = exact_truth(emb, targets, args)
+        for config in args.configs:
+            results.append(measure_lsh(path, targets, config, base, exact, args))
+            print(json.dumps(results[-1]), flush=True)
+    report = {"settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
+              "blas_threads": os.environ["OPENBLAS_NUM_THREADS"], "cpus": os.cpu_count(),
+              "results": results, "ratios": {}}
+    lo, hi = min(args.sizes), max(args.sizes)
+    for config in args.configs:
+        small, large = (next(r for r in results if r["config"] == config and r["n"] == m) for m in (lo, hi))
+        report["ratios"][config] = {k: large[k] / small[k] for k in ("lsh_s", "lsh_cpu_s", "exact_s")}
+    print(_table(results))
+    print(f"\ntime({hi:,}) / time({lo:,}):")
+    for config, ratio in report["ratios"].items():
+        print(f"- {config}: LSH wall {ratio['lsh_s']:.1f}, LSH CPU {ratio['lsh_cpu_s']:.1f}, "
+              f"exact {ratio['exact_s']:.1f}")
+    name = f"interference{('-' + args.tag) if args.tag else ''}.json"
+    (Path(args.out) / name).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _table(results: list[dict]) -> str:
+    lines = ["| facts | bands,bits,max_bucket,payload | LSH stage s (CPU s) | exact s (CPU s) "
+             "| pairs scored / all | buckets split | pairs >= 0.9 | recall >= 0.9 | conflict pairs "
+             "| recall conflicts | interference exact |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['n']:,} | {r['config']} | {r['lsh_s']:.1f} ({r['lsh_cpu_s']:.1f}) "
+            f"| {r['exact_s']:.1f} ({r['exact_cpu_s']:.1f}) | {r['pairs_scored'] / r['pairs_all']:.2%} "
+            f"| {r['buckets_split']} | {r['pairs_ge_neighbor']:,} | {r['recall_neighbor']:.2%} "
+            f"| {r['conflict_pairs']:,} | {r['recall_conflict']:.2%} | {r['interference_exact']:.2%} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
