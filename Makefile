@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/beacon curate samples/facts.jsonl --out out/sample --overwrite
+	$(VENV)/bin/beacon run samples/facts.jsonl --out out/sample
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -34,7 +34,8 @@ def bare_calls(records: list[dict], config) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.models import resolve_encoder, resolve_lm
-    from pipeline.probe import answer_head, greedy_answers
+    from pipeline.probe import answer_head, clean_answer
+    from trainer.lm_scores import decode_answer, greedy_answers
 
     started = time.perf_counter()
     path = resolve_lm(config.model)
@@ -46,7 +47,8 @@ def bare_calls(records: list[dict], config) -> dict:
     answers: list[str] = []
     bs = config.probe_batch_size
     for i in range(0, len(prompts), bs):
-        answers += greedy_answers(model, tokenizer, prompts[i:i + bs], config.probe_max_new_tokens)
+        ids = greedy_answers(model, tokenizer, prompts[i:i + bs], config.probe_max_new_tokens, bs)
+        answers += [clean_answer(decode_answer(tokenizer, x)) for x in ids]
     generated = time.perf_counter()
     texts = prompts + [r["target_new"] for r in records] + [answer_head(a, r["target_new"]) for a, r in zip(answers, records)]
     encoder.encode(texts, batch_size=config.embed_batch_size, normalize_embeddings=True, show_progress_bar=False)

@@ -19,6 +19,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipeline.inference import METRICS_NS, KeyedInference
 from pipeline.models import resolve_lm
+from trainer.lm_scores import (decode_answer, greedy_answers, mean_embedding_distance,
+                                score_targets)
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,6 @@ class Progress:
             self._last = now
             rate = self._done / max(now - self._started, 1e-9)
             log.info("%s: %d facts done (%.1f facts/s)", self._stage, self._done, rate)
-
-
-def target_text(prompt: str, target: str) -> str:
-    """The target as it continues the prompt: with one leading space (" Sega" != "Sega")."""
-    return target if prompt.endswith((" ", "\n")) else " " + target
 
 
 def clean_answer(text: str) -> str:
@@ -105,10 +102,13 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
     def run_inference(self, batch: Sequence[dict], model: LoadedLM,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         lm, tokenizer = model.model, model.tokenizer
-        prompts = [self._render(fact["prompt"], tokenizer) for fact in batch]
+        prompts = [fact["prompt"] for fact in batch]
         targets = [fact["target"] for fact in batch]
-        answers = greedy_answers(lm, tokenizer, prompts, self._max_new_tokens)
-        scores = score_targets(lm, tokenizer, prompts, targets)
+        chat, n = self._chat_template, len(batch)
+        answer_ids = greedy_answers(lm, tokenizer, prompts, self._max_new_tokens, n, chat_template=chat)
+        answers = [clean_answer(decode_answer(tokenizer, ids)) for ids in answer_ids]
+        # The same scoring code the trainer's evaluation uses: "drift after" means what "drift" meant.
+        scores = score_targets(lm, tokenizer, prompts, targets, n, chat_template=chat)
         drift_lm = lm_answer_drift(lm, tokenizer, prompts, answers, targets)
         self._progress.add(len(batch))
         for i, fact in enumerate(batch):
@@ -120,91 +120,15 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
                 "drift_lm": float(drift_lm[i]),
             })
 
-    def _render(self, prompt: str, tokenizer: Any) -> str:
-        if not self._chat_template:
-            return prompt
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-
     def get_metrics_namespace(self) -> str:
         return METRICS_NS
 
 
-def greedy_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Batched greedy continuations; left padding so every prompt ends where generation starts."""
-    import torch
-
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    new_tokens = out[:, enc["input_ids"].shape[1]:]
-    return [clean_answer(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def _encode_pairs(tokenizer: Any, prompts: list[str], targets: list[str]) -> tuple[list[list[int]], list[int]]:
-    """Token ids of prompt + target, and where the target starts; target tokenised on its own."""
-    ids, starts = [], []
-    for prompt, target in zip(prompts, targets):
-        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        t = tokenizer(target_text(prompt, target), add_special_tokens=False)["input_ids"]
-        ids.append(p + t)
-        starts.append(len(p))
-    return ids, starts
-
-
-def score_targets(model: Any, tokenizer: Any, prompts: list[str], targets: list[str]) -> dict[str, np.ndarray]:
-    """One teacher-forced pass: target log-prob, first-token rank, expected-embedding drift.
-
-    ``drift_expected`` = 1 - cos(sum_v p(v | prompt) E[v], E[t1]), E the LM's input embeddings and
-    t1 the target's first token: no decoding, so junk greedy answers cannot blur it.
-    """
-    import torch
-
-    ids, starts = _encode_pairs(tokenizer, prompts, targets)
-    width = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):  # right padding: positions stay 0..len-1 for every row
-        input_ids[i, :len(row)] = torch.tensor(row)
-        attention[i, :len(row)] = 1
-    emb = model.get_input_embeddings().weight
-    logprob = np.zeros(len(ids))
-    rank = np.zeros(len(ids), dtype=np.int64)
-    drift = np.zeros(len(ids))
-    with torch.inference_mode():
-        logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-        for i, (row, start) in enumerate(zip(ids, starts)):
-            target_ids = torch.tensor(row[start:])
-            step_logits = logits[i, start - 1:len(row) - 1]  # logits predicting each target token
-            logp = torch.log_softmax(step_logits, dim=-1)
-            logprob[i] = logp.gather(1, target_ids[:, None]).mean().item()
-            first = step_logits[0]
-            rank[i] = int((first > first[target_ids[0]]).sum().item()) + 1
-            expected = torch.softmax(first, dim=-1) @ emb
-            drift[i] = 1.0 - torch.cosine_similarity(expected, emb[target_ids[0]], dim=0).item()
-    return {"target_logprob": logprob, "target_rank": rank, "drift_expected": np.clip(drift, 0.0, 2.0)}
-
-
 def lm_answer_drift(model: Any, tokenizer: Any, prompts: list[str], answers: list[str],
                     targets: list[str]) -> np.ndarray:
-    """1 - cos of mean input-token embeddings of answer and target; 1.0 for an empty answer."""
-    import torch
-
-    emb = model.get_input_embeddings().weight
-    out = np.ones(len(answers))
-    with torch.inference_mode():
-        for i, (prompt, answer, target) in enumerate(zip(prompts, answers, targets)):
-            answer = answer_head(answer, target)
-            if not answer:
-                continue
-            a = tokenizer(target_text(prompt, answer), add_special_tokens=False)["input_ids"]
-            t = tokenizer(target_text(prompt, target), add_special_tokens=False)["input_ids"]
-            va, vt = emb[a].mean(0), emb[t].mean(0)
-            out[i] = 1.0 - torch.cosine_similarity(va, vt, dim=0).item()
-    return np.clip(out, 0.0, 2.0)
+    """1 - cos of the LM's mean input-token embeddings of the answer (in the target's slot) and target."""
+    heads = [answer_head(answer, target) for answer, target in zip(answers, targets)]
+    return mean_embedding_distance(model, tokenizer, heads, targets)
 
 
 class ProbeModel(beam.PTransform):

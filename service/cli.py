@@ -8,7 +8,7 @@ import logging
 import sys
 
 # Imported lazily so `beacon --help` does not pay for torch or Beam.
-COMMANDS = ["models", "curate"]
+COMMANDS = ["models", "curate", "train", "eval", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Beam warns about optional GCP clients at import; they are not needed for local runs.
+    logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
     for noisy in ("apache_beam", "transformers", "sentence_transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

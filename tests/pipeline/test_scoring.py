@@ -6,7 +6,7 @@ import pytest
 from pipeline.config import CurateConfig, load_config
 from pipeline.drift import cosine_drift, sentence_drift, with_drift
 from pipeline.policy import decide, quantile, raw_weight, resolve_thresholds
-from pipeline.probe import answer_head, target_text
+from pipeline.probe import answer_head
 
 
 def _unit(v):
@@ -50,11 +50,6 @@ def test_default_drift_column_follows_the_definition():
 ])
 def test_answer_head_takes_the_targets_slot(prediction, target, expected):
     assert answer_head(prediction, target) == expected
-
-
-def test_target_continues_the_prompt_with_one_space():
-    assert target_text("BBC One, by", "Sega") == " Sega"
-    assert target_text("Answer: ", "Sega") == "Sega"
 
 
 def test_quantile_picks_from_evenly_spaced_points():

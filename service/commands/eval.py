@@ -1,0 +1,44 @@
+"""`beacon eval RUN`: which facts the trained adapter learned, which it did not, and what it broke."""
+
+from __future__ import annotations
+
+import argparse
+
+from service.commands.config_flags import add_config_flags, overrides_from
+from trainer.config import EvalConfig
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained run: efficacy, paraphrase, locality, drift")
+    p.add_argument("run_dir", metavar="RUN", help="run folder written by `beacon train`")
+    p.add_argument("--dataset", metavar="DATASET",
+                   help="the curated dataset, if it moved since training (default: the recorded path)")
+    p.add_argument("--config", metavar="FILE", help="JSON/YAML file; its 'eval' section sets the keys below")
+    add_config_flags(p, EvalConfig)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.config import load_eval_config
+    from trainer.evaluate import evaluate
+
+    config = load_eval_config(args.config, overrides_from(args, EvalConfig))
+    metrics = evaluate(args.run_dir, config, dataset_dir=args.dataset)
+    print_summary(metrics, args.run_dir)
+    return 0
+
+
+def print_summary(metrics: dict, run_dir: str) -> None:
+    from trainer.metrics import summary_table
+
+    kept = metrics["kept"]
+    print(f"\nlearned {kept['learned']} of {kept['n']} trained facts "
+          f"(efficacy {_pct(kept['efficacy'])}, known before {_pct(kept['efficacy_before'])}); "
+          f"paraphrases {_pct(kept['paraphrase'])}, locality {_pct(kept['locality'])}, "
+          f"bleed {_pct(kept['locality_bleed'])}, pushed away {_pct(kept['pushed_away'])}")
+    print(summary_table(metrics))
+    print(f"  per fact -> {run_dir}/eval.parquet   aggregates -> {run_dir}/metrics.json")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"

@@ -1,0 +1,107 @@
+"""`beacon run INPUT --out X`: curate -> train -> evaluate in one go (X/dataset/, X/run/).
+
+Rerunning the same command picks up where it stopped: the dataset is reused when its inputs and curate
+config are unchanged, training resumes from its last checkpoint, evaluation runs again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from pipeline.config import CurateConfig
+from service.commands.config_flags import add_config_flags, overrides_from
+from trainer.config import TrainConfig
+
+EPILOG = """--config FILE holds sections "curate", "train" and "eval" (JSON or YAML); flags override it.
+Any other --option is passed to Apache Beam for the curation step (e.g. --runner=DirectRunner)."""
+
+# The base model and prompt format come from the curate config: training inherits them from the dataset.
+TRAIN_SKIP = {"model", "chat_template", "target_modules", "progress"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="curate, train and evaluate in one go",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="fact files (as for `beacon curate`)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: DIR/dataset/ and DIR/run/")
+    p.add_argument("--config", metavar="FILE", help="JSON/YAML file with 'curate', 'train', 'eval' sections")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over: re-curate and retrain even if DIR holds an earlier run")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    add_config_flags(p, CurateConfig)
+    add_config_flags(p, TrainConfig, skip=TRAIN_SKIP)
+    p.set_defaults(run=run, accepts_extra=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from trainer.config import load_eval_config, load_train_config
+
+    # Every config is validated before the first minute of work.
+    curate_config = load_config(args.config, overrides_from(args, CurateConfig))
+    train_overrides = {k: v for k, v in overrides_from(args, TrainConfig).items() if k not in TRAIN_SKIP}
+    train_config = load_train_config(args.config, {**train_overrides, "progress": args.progress})
+    eval_config = load_eval_config(args.config, {"progress": args.progress})
+    out = Path(args.out)
+    dataset_dir, run_dir = out / "dataset", out / "run"
+    started = time.perf_counter()
+
+    print(f"[1/3] curate {' '.join(args.inputs)} -> {dataset_dir}", flush=True)
+    if args.overwrite:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if not args.overwrite and _reusable(dataset_dir, args.inputs, curate_config):
+        print(f"  reusing {dataset_dir} (same inputs and curate config)")
+    else:
+        from pipeline.run import curate
+        from service.commands.curate import print_summary as print_curated
+
+        manifest = curate(list(args.inputs), str(dataset_dir), curate_config,
+                          beam_args=args.extra or None, overwrite=args.overwrite)
+        print_curated(manifest, str(dataset_dir))
+
+    print(f"\n[2/3] train -> {run_dir}", flush=True)
+    from service.commands.train import print_summary as print_trained
+    from trainer.train import train
+
+    print_trained(train(dataset_dir, run_dir, train_config))
+
+    print(f"\n[3/3] evaluate {run_dir}", flush=True)
+    from service.commands.eval import print_summary as print_evaluated
+    from trainer.evaluate import evaluate
+
+    print_evaluated(evaluate(run_dir, eval_config), str(run_dir))
+    print(f"\ndone in {time.perf_counter() - started:.0f}s: dataset {dataset_dir}/  run {run_dir}/")
+    print(f"  query: duckdb -c \"select e.fact_id, s.prompt, e.target, e.answer, e.efficacy, s.drift "
+          f"from '{run_dir}/eval.parquet' e join '{dataset_dir}/scored/*.parquet' s using (fact_id)\"")
+    return 0
+
+
+def _reusable(dataset_dir: Path, inputs: list[str], config: CurateConfig) -> bool:
+    """Whether ``dataset_dir`` was curated from these very files with this config."""
+    path = dataset_dir / "manifest.json"
+    if not path.is_file():
+        return False
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        return False
+    if manifest.get("config_hash") != config.config_hash():
+        return False
+    files = [Path(i) for i in inputs]
+    if not all(f.is_file() for f in files):
+        return False  # folders or globs: re-curate rather than guess what they expand to
+    recorded = [entry.get("sha256") for entry in manifest.get("inputs", [])]
+    return recorded == [_sha256(f) for f in files]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,46 @@
+"""`beacon train DATASET --out RUN`: a LoRA adapter on the kept facts, weights honoured, resumable."""
+
+from __future__ import annotations
+
+import argparse
+
+from service.commands.config_flags import add_config_flags, overrides_from
+from trainer.config import TrainConfig
+
+EPILOG = """Rerun the same command after an interruption: training resumes from the last checkpoint
+(RUN/checkpoints/) to the same total step count. A different config is an error naming the keys.
+Several GPUs: accelerate launch -m service.cli train DATASET --out RUN"""
+
+# Config-file only: lists do not make good flags.
+SKIP = {"target_modules"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a LoRA adapter on a curated dataset (resumes if interrupted)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", metavar="DATASET", help="curated dataset folder (written by `beacon curate`)")
+    p.add_argument("--out", required=True, metavar="RUN",
+                   help="run folder: adapter/, config.json, checkpoints/, train_summary.json")
+    p.add_argument("--config", metavar="FILE",
+                   help="JSON/YAML file; its 'train' section (or the whole file) sets the keys below")
+    add_config_flags(p, TrainConfig, skip=SKIP)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.config import load_train_config
+    from trainer.train import train
+
+    config = load_train_config(args.config, overrides_from(args, TrainConfig))
+    result = train(args.dataset, args.out, config)
+    print_summary(result)
+    return 0
+
+
+def print_summary(result) -> None:
+    resumed = f", resumed from {result.resumed_from}" if result.resumed_from else ""
+    speed = f"  {result.steps_per_second:.2f} steps/s" if result.steps_per_second else ""
+    loss = f"  final loss {result.final_loss:.3f}" if result.final_loss is not None else ""
+    print(f"\ntrained {result.facts} facts for {result.global_step}/{result.max_steps} steps{resumed}")
+    print(f" {loss}{speed}  peak memory {result.peak_rss_mb:.0f} MiB  took {result.seconds:.0f}s")
+    print(f"  adapter -> {result.run_dir}/adapter/   config -> {result.run_dir}/config.json")

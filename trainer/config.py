@@ -1,0 +1,152 @@
+"""TrainConfig and EvalConfig: every knob of ``beacon train`` / ``beacon eval``, as a config-file key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Scheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
+Reduction = Literal["sample", "token"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+# Keys that change nothing the run learns: they may differ when a run is resumed.
+NOT_COMPARED_ON_RESUME = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress"})
+
+
+class TrainConfig(BaseModel):
+    """How a LoRA adapter is trained on the kept facts of a curated dataset."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- model and data --------------------------------------------------------------------------
+    model: str | None = Field(
+        None, description="Base LM: 'bundled:<name>', a HF id or a local path; None = the LM the "
+                          "dataset was scored with (its manifest), so drift means the same thing.")
+    chat_template: bool | None = Field(
+        None, description="Wrap prompts in the LM's chat template; None = as the dataset was probed.")
+    add_eos: bool = Field(True, description="Train the end-of-sequence token after the target.")
+    max_seq_len: int = Field(256, gt=1, description="Prompt + target tokens; a fact that does not fit "
+                                                    "is an error (the target is never cut).")
+    use_weights: bool = Field(True, description="Honour each fact's `weight`; False trains every kept "
+                                                "fact with weight 1 (the ablation).")
+
+    # --- LoRA ------------------------------------------------------------------------------------
+    lora_rank: int = Field(8, gt=0, description="LoRA rank r.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names LoRA wraps (peft `target_modules`).")
+
+    # --- optimisation ----------------------------------------------------------------------------
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    lr_scheduler: Scheduler = Field("constant", description="Learning-rate schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Warm-up optimizer steps (not with 'constant').")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 = off.")
+    epochs: float | None = Field(10.0, gt=0, description="Passes over the kept facts (or max_steps).")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps in total (or epochs).")
+    batch_size: int = Field(8, gt=0, description="Facts per micro-batch, per device.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    seed: int = Field(0, description="Seed of LoRA init, data order and dropout.")
+    precision: Precision = Field("fp32", description="fp32, or bf16 / fp16 mixed precision (GPU).")
+
+    # --- loss ------------------------------------------------------------------------------------
+    loss_reduction: Reduction = Field(
+        "sample", description="sample: mean token loss per fact, then sum w*l / sum w; token: every "
+                              "target token weighted by its fact's w (equal w = the plain HF loss).")
+    semantic_weight: float = Field(
+        0.0, ge=0.0, description="Add this times 1 - cos(sum_v p(v) E[v], E[target token]) at each "
+                                 "target position (the LM's own embedding space); 0 = off.")
+
+    # --- checkpoints and logs --------------------------------------------------------------------
+    save_steps: int = Field(50, gt=0, description="Checkpoint every this many optimizer steps.")
+    save_total_limit: int | None = Field(2, gt=0, description="Checkpoints kept (oldest deleted).")
+    logging_steps: int = Field(10, gt=0, description="Log the loss every this many steps.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> "TrainConfig":
+        if (self.epochs is None) == (self.max_steps is None):
+            raise ValueError(f"give exactly one of epochs and max_steps (got epochs={self.epochs}, "
+                             f"max_steps={self.max_steps})")
+        if self.lr_scheduler == "constant" and self.warmup_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} needs lr_scheduler "
+                             "'constant_with_warmup', 'linear' or 'cosine', not 'constant'")
+        if self.max_steps is not None and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module (e.g. ['q_proj', 'v_proj'])")
+        return self
+
+    def compared(self) -> dict[str, Any]:
+        """The values a resumed run must share with the run it continues."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in NOT_COMPARED_ON_RESUME}
+
+
+class EvalConfig(BaseModel):
+    """How ``beacon eval`` measures a trained run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    batch_size: int = Field(16, gt=0, description="Prompts per forward / generate batch.")
+    extra_new_tokens: int = Field(2, ge=0, description="Greedy answer length = target tokens + this.")
+    locality_new_tokens: int | None = Field(
+        None, gt=0, le=64, description="Base-model answer tokens compared on locality prompts; None = as "
+                                       "many as the prompt's recorded answer has (the answer slot).")
+    pushed_away_epsilon: float = Field(0.01, ge=0.0,
+                                       description="pushed_away = drift after > drift before + this.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from a JSON/YAML file's "train" section (or the whole file), then CLI overrides.
+
+    Raises:
+        ValueError: the file is unreadable or a key/value is invalid (named in the message).
+    """
+    data = _section(path, "train")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    # One length flag replaces the other, whether that came from the defaults or the file.
+    if "max_steps" in overrides and "epochs" not in overrides:
+        data["epochs"] = None
+    if "epochs" in overrides and "max_steps" not in overrides:
+        data["max_steps"] = None
+    data.update(overrides)
+    return _build(TrainConfig, data, "train")
+
+
+def load_eval_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> EvalConfig:
+    """EvalConfig from a config file's "eval" section, then CLI overrides."""
+    data = _section(path, "eval", whole_file_fallback=False)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return _build(EvalConfig, data, "eval")
+
+
+def _section(path: str | Path | None, key: str, whole_file_fallback: bool = True) -> dict[str, Any]:
+    if path is None:
+        return {}
+    from pipeline.config import read_config_file
+
+    data = read_config_file(path)
+    if key in data:
+        section = data[key]
+        if not isinstance(section, dict):
+            raise ValueError(f"config file {path}: '{key}' must be a mapping, got {type(section).__name__}")
+        return dict(section)
+    if whole_file_fallback and not ({"curate", "train", "eval"} & data.keys()):
+        return dict(data)
+    return {}
+
+
+def _build(cls: type[BaseModel], data: dict[str, Any], name: str) -> Any:
+    try:
+        return cls(**data)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or name
+            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})" if err["loc"] else err["msg"])
+        raise ValueError(f"invalid {name} config: {'; '.join(parts)}") from None

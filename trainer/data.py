@@ -1,0 +1,176 @@
+"""From a curated dataset (``D/scored/*.parquet`` + ``D/manifest.json``) to training examples.
+
+An example is prompt ids + target ids (+ eos) with labels only on the target part, and the fact's
+weight. Tokenisation follows ``trainer.lm_scores.encode_pair``, the one the scores were computed with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+DEFAULT_LM = "bundled:smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What identifies a curated dataset, read defensively from its manifest."""
+
+    path: str
+    dataset_id: str
+    config_hash: str
+    manifest_sha256: str
+    model: str
+    chat_template: bool
+    drift_definition: str
+    encoder: str | None
+
+
+def read_dataset_info(dataset_dir: str | Path) -> DatasetInfo:
+    """The manifest's identity fields (dataset_id, config_hash) and the scoring choices training must share.
+
+    Raises:
+        FileNotFoundError: ``D/manifest.json`` is missing (D is not a curated dataset).
+    """
+    root = Path(dataset_dir)
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {root} a dataset written by `beacon curate`?")
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    config = manifest.get("config") or {}
+    if isinstance(config, str):  # the Arrow encoding of the manifest stores it as JSON text
+        config = json.loads(config)
+    dataset_id = manifest.get("dataset_id")
+    if not dataset_id:
+        raise ValueError(f"{path} has no dataset_id; re-run `beacon curate`")
+    return DatasetInfo(
+        path=str(root.resolve()),
+        dataset_id=str(dataset_id),
+        config_hash=str(manifest.get("config_hash") or config.get("config_hash") or ""),
+        manifest_sha256=hashlib.sha256(raw).hexdigest(),
+        model=str(config.get("model") or DEFAULT_LM),
+        chat_template=bool(config.get("chat_template", False)),
+        drift_definition=str(config.get("drift_definition") or "expected"),
+        encoder=config.get("encoder"),
+    )
+
+
+def read_scored(dataset_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Every scored row of the dataset (kept and filtered), in input order.
+
+    Raises:
+        FileNotFoundError: there is no ``D/scored/*.parquet``.
+    """
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(dataset_dir) / "scored").glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no scored Parquet under {Path(dataset_dir) / 'scored'}; "
+                                "run `beacon curate` first")
+    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files], promote_options="default")
+    if "source" in table.column_names and "position" in table.column_names:
+        table = table.sort_by([("source", "ascending"), ("position", "ascending")])
+    return table
+
+
+@dataclass(frozen=True)
+class Example:
+    fact_id: str
+    input_ids: list[int]
+    labels: list[int]
+    weight: float
+
+
+def build_examples(rows: list[dict[str, Any]], tokenizer: Any, *, chat_template: bool, add_eos: bool,
+                   max_seq_len: int, use_weights: bool = True) -> list[Example]:
+    """One example per row: loss on the target tokens (and eos), the prompt masked.
+
+    Raises:
+        ValueError: a fact does not fit in ``max_seq_len`` (the target would be cut), or has an
+            empty/negative weight.
+    """
+    from trainer.lm_scores import encode_pair
+
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is None:
+        raise ValueError("add_eos is set but the tokenizer has no eos token; set add_eos: false")
+    examples, split = [], 0
+    for row in rows:
+        prompt_ids, target_ids = encode_pair(tokenizer, row["prompt"], row["target"],
+                                             chat_template=chat_template)
+        if add_eos:
+            target_ids = target_ids + [eos]
+        n = len(prompt_ids) + len(target_ids)
+        if n > max_seq_len:
+            raise ValueError(
+                f"fact {row['fact_id']}: prompt ({len(prompt_ids)} tokens) + target ({len(target_ids)}) "
+                f"= {n} > max_seq_len={max_seq_len}; raise max_seq_len rather than cut the target")
+        weight = float(row.get("weight", 1.0)) if use_weights else 1.0
+        if not weight >= 0.0:
+            raise ValueError(f"fact {row['fact_id']}: weight must be >= 0, got {weight}")
+        if not chat_template and _joint_differs(tokenizer, row["prompt"], row["target"],
+                                                prompt_ids + target_ids[:len(target_ids) - add_eos]):
+            split += 1
+        examples.append(Example(row["fact_id"], prompt_ids + target_ids,
+                                [IGNORE_INDEX] * len(prompt_ids) + target_ids, weight))
+    if split:
+        # Expected for some tokenizers at the prompt/target seam; the parts are what generation sees.
+        log.warning("%d of %d facts tokenise differently joined than as prompt + target; training "
+                    "uses prompt + target, as generation sees them", split, len(rows))
+    return examples
+
+
+def _joint_differs(tokenizer: Any, prompt: str, target: str, parts: list[int]) -> bool:
+    from trainer.lm_scores import _target_text, format_prompt
+
+    text = format_prompt(tokenizer, prompt)
+    return list(tokenizer(text + _target_text(text, target, False))["input_ids"]) != parts
+
+
+class ExampleDataset:
+    """A map-style torch dataset of examples (kept as plain lists; the collator makes tensors)."""
+
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ex = self.examples[i]
+        return {"input_ids": ex.input_ids, "labels": ex.labels, "weight": ex.weight}
+
+
+class WeightedCollator:
+    """Right-pads a batch and keeps ``weight`` (the default collators and column pruning drop it)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for r, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[r, :n] = torch.tensor(f["input_ids"])
+            labels[r, :n] = torch.tensor(f["labels"])
+            mask[r, :n] = 1
+        weight = torch.tensor([float(f.get("weight", 1.0)) for f in features], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weight": weight}

@@ -1,0 +1,250 @@
+"""``beacon eval R``: which facts the model learned, which it did not, and what it broke.
+
+Loads the base model with the run's saved adapter (so the numbers are reproducible from the files),
+evaluates every fact of the dataset, kept and filtered, once with the adapter disabled (the base model)
+and once with it, and writes ``R/eval.parquet`` (one row per fact, joins the scored dataset on
+``fact_id``) and ``R/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from trainer.config import EvalConfig, TrainConfig
+from trainer.data import read_dataset_info, read_scored
+from trainer.files import write_json, write_parquet
+from trainer.metrics import EVAL_SCHEMA, build_metrics, drift_quartiles, starts_with_target
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROBE_TOKENS = 8  # the pipeline's probe_max_new_tokens default: answers for answer-based drift
+
+
+def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
+             dataset_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a trained run; writes ``eval.parquet`` and ``metrics.json`` into it and returns the metrics.
+
+    Raises:
+        FileNotFoundError: the run or its adapter is missing.
+        ValueError: ``dataset_dir`` is not the dataset the run was trained on.
+    """
+    started = time.perf_counter()
+    config = config or EvalConfig()
+    run_dir = Path(run_dir)
+    run_path = run_dir / "config.json"
+    if not run_path.is_file():
+        raise FileNotFoundError(f"{run_path} not found: is {run_dir} a run written by `beacon train`?")
+    run = json.loads(run_path.read_text())
+    train_config = TrainConfig.model_validate(run["train"])
+    dataset_dir = Path(dataset_dir or run["dataset"]["path"])
+    info = read_dataset_info(dataset_dir)
+    if info.dataset_id != run["dataset"]["dataset_id"]:
+        raise ValueError(f"{dataset_dir} is dataset {info.dataset_id}, but {run_dir} was trained on "
+                         f"{run['dataset']['dataset_id']}; pass --dataset with the right one")
+    chat = bool(train_config.chat_template)
+    table = read_scored(dataset_dir)
+    facts = table.to_pylist()
+
+    from trainer.model_io import load_trained
+
+    model, tokenizer = load_trained(run_dir, train_config.model)
+    scores = _score(model, tokenizer, facts, config, chat, info)
+
+    n = len(facts)
+    drift = np.asarray([f["drift"] for f in facts], dtype=float)
+    pushed = scores["drift_after"] > scores["drift_before"] + config.pushed_away_epsilon
+    columns = {
+        "fact_id": [f["fact_id"] for f in facts],
+        "kept": [bool(f["keep"]) for f in facts],
+        "reason": [f["reason"] for f in facts],
+        "weight": [float(f["weight"]) for f in facts],
+        "drift": drift,
+        "drift_quartile": drift_quartiles(drift),
+        "target": [f["target"] for f in facts],
+        "drift_definition": [info.drift_definition] * n,
+        "pushed_away": pushed,
+        **{k: v for k, v in scores.items() if k in EVAL_SCHEMA.names},
+    }
+    result = pa.Table.from_pydict({name: columns[name] for name in EVAL_SCHEMA.names}, schema=EVAL_SCHEMA)
+    summary_path = run_dir / "train_summary.json"
+    trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    metrics = build_metrics(result, drift_definition=info.drift_definition,
+                            pushed_away_epsilon=config.pushed_away_epsilon, run={
+                                "run_dir": str(run_dir.resolve()), "dataset": str(dataset_dir),
+                                "dataset_id": info.dataset_id, "dataset_config_hash": info.config_hash,
+                                "base_model": train_config.model, "adapter": str(run_dir / "adapter"),
+                                "global_step": trained.get("global_step"),
+                                "eval_seconds": round(time.perf_counter() - started, 1)})
+    if "drift_expected" in table.column_names:
+        # The pipeline scores with trainer.lm_scores too: its drift_expected should match ours.
+        diff = np.abs(np.asarray(table.column("drift_expected").to_pylist(), dtype=float)
+                      - scores["drift_expected_before"])
+        metrics["checks"] = {"drift_expected_vs_dataset_max_abs_diff": float(diff.max()) if n else None}
+    write_parquet(result, run_dir / "eval.parquet")
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _score(model: Any, tokenizer: Any, facts: list[dict[str, Any]], config: EvalConfig, chat: bool,
+           info: Any) -> dict[str, Any]:
+    """Every per-fact number, base (adapter disabled) then fine-tuned."""
+    from trainer.lm_scores import (decode_answer, encode_pair, greedy_answers, score_targets,
+                                   token_agreement)
+
+    bs = config.batch_size
+    desc = (lambda s: s) if config.progress else (lambda s: None)
+    prompts = [f["prompt"] for f in facts]
+    targets = [f["target"] for f in facts]
+    budget = [len(encode_pair(tokenizer, p, t, chat_template=chat)[1]) + config.extra_new_tokens
+              for p, t in zip(prompts, targets)]
+    probe = int(_manifest_config(info).get("probe_max_new_tokens") or DEFAULT_PROBE_TOKENS)
+    gen_budget = [max(b, probe) for b in budget]
+
+    def probe_texts(answers: list[list[int]]) -> list[str]:  # answers as long as the pipeline's probe
+        return [decode_answer(tokenizer, a[:probe]) for a in answers]
+
+    para_owner = [i for i, f in enumerate(facts) for _ in (f.get("paraphrases") or [])]
+    para_prompts = [p for f in facts for p in (f.get("paraphrases") or [])]
+    loc_owner = [i for i, f in enumerate(facts) for _ in (f.get("locality") or [])]
+    loc_prompts = [lp["prompt"] for f in facts for lp in (f.get("locality") or [])]
+    # Compared span: the base model's answer over as many tokens as the recorded answer (its slot), or fixed.
+    loc_span = [config.locality_new_tokens or _answer_span(tokenizer, lp["prompt"], lp.get("answer"), chat)
+                for f in facts for lp in (f.get("locality") or [])]
+    loc_budget = [max(span, budget[i]) for span, i in zip(loc_span, loc_owner)]
+
+    with model.disable_adapter():
+        log.info("evaluating %d facts with the base model", len(facts))
+        base_ids = greedy_answers(model, tokenizer, prompts, gen_budget, bs, chat_template=chat,
+                                  desc=desc("base: answers"))
+        base = score_targets(model, tokenizer, prompts, targets, bs, chat_template=chat,
+                             desc=desc("base: target scores"))
+        loc_base = greedy_answers(model, tokenizer, loc_prompts, loc_budget, bs,
+                                  chat_template=chat, desc=desc("base: locality"))
+        drift_before = _answer_drift(model, tokenizer, prompts, probe_texts(base_ids), targets, base,
+                                     info, chat)
+
+    log.info("evaluating %d facts with the adapter", len(facts))
+    ids = greedy_answers(model, tokenizer, prompts, gen_budget, bs, chat_template=chat, desc=desc("answers"))
+    after = score_targets(model, tokenizer, prompts, targets, bs, chat_template=chat,
+                          desc=desc("target scores"))
+    gt_rows = [i for i, f in enumerate(facts) if f.get("ground_truth")]
+    gt = score_targets(model, tokenizer, [prompts[i] for i in gt_rows],
+                       [facts[i]["ground_truth"] for i in gt_rows], bs, chat_template=chat,
+                       desc=desc("ground-truth scores"))["target_logprob"]
+    para_ids = greedy_answers(model, tokenizer, para_prompts, [budget[i] for i in para_owner], bs,
+                              chat_template=chat, desc=desc("paraphrases"))
+    loc_ids = greedy_answers(model, tokenizer, loc_prompts, loc_budget, bs, chat_template=chat,
+                             desc=desc("locality answers"))
+    agreement = token_agreement(model, tokenizer, loc_prompts, [a[:n] for a, n in zip(loc_base, loc_span)],
+                                bs, chat_template=chat, desc=desc("locality agreement"))
+    drift_after = _answer_drift(model, tokenizer, prompts, probe_texts(ids), targets, after, info, chat)
+
+    n = len(facts)
+    answer = [decode_answer(tokenizer, a[:b]) for a, b in zip(ids, budget)]
+    answer_before = [decode_answer(tokenizer, a[:b]) for a, b in zip(base_ids, budget)]
+    gt_logprob: list[float | None] = [None] * n
+    efficacy_prob: list[bool | None] = [None] * n
+    for j, i in enumerate(gt_rows):
+        gt_logprob[i] = float(gt[j])
+        efficacy_prob[i] = bool(after["target_logprob"][i] > gt[j])
+    para_hits = [starts_with_target(decode_answer(tokenizer, a), targets[i])
+                 for a, i in zip(para_ids, para_owner)]
+    # Bleed is a change: the locality prompt now answers with the target and did not before.
+    bleed = [starts_with_target(decode_answer(tokenizer, a), targets[i])
+             and not starts_with_target(decode_answer(tokenizer, b), targets[i])
+             for a, b, i in zip(loc_ids, loc_base, loc_owner)]
+    return {
+        "answer": answer,
+        "answer_before": answer_before,
+        "efficacy": [starts_with_target(a, t) for a, t in zip(answer, targets)],
+        "efficacy_before": [starts_with_target(a, t) for a, t in zip(answer_before, targets)],
+        "efficacy_prob": efficacy_prob,
+        "target_logprob_before": base["target_logprob"],
+        "target_logprob_after": after["target_logprob"],
+        "ground_truth_logprob_after": gt_logprob,
+        "target_rank_after": after["target_rank"],
+        "paraphrase_count": _counts(para_owner, n),
+        "paraphrase": _per_fact(para_owner, para_hits, n),
+        "locality_count": _counts(loc_owner, n),
+        "locality": _per_fact(loc_owner, list(agreement), n),
+        "locality_bleed": _per_fact(loc_owner, bleed, n),
+        "drift_before": drift_before,
+        "drift_after": drift_after,
+        "drift_expected_before": base["drift_expected"],
+        "drift_expected_after": after["drift_expected"],
+    }
+
+
+def _answer_drift(model: Any, tokenizer: Any, prompts: list[str], answers: list[str], targets: list[str],
+                  scores: dict[str, np.ndarray], info: Any, chat: bool) -> np.ndarray:
+    """Drift by the dataset's definition, computed as the pipeline computes it (before and after alike)."""
+    if info.drift_definition == "expected":
+        return scores["drift_expected"]
+    # Answer-based drift: the pipeline's own functions (first line, the words in the target's slot).
+    from pipeline.probe import answer_head, clean_answer, lm_answer_drift
+
+    from trainer.lm_scores import format_prompt
+
+    answers = [clean_answer(a) for a in answers]
+    if info.drift_definition == "lm":
+        rendered = [format_prompt(tokenizer, p, chat_template=chat) if chat else p for p in prompts]
+        return lm_answer_drift(model, tokenizer, rendered, answers, targets)
+    if info.drift_definition == "sentence":
+        heads = [answer_head(a, t) for a, t in zip(answers, targets)]
+        return _sentence_distance(heads, targets, info.encoder or "bundled:all-minilm-l6-v2")
+    raise ValueError(f"unknown drift_definition {info.drift_definition!r} in the dataset's manifest")
+
+
+_ENCODERS: dict[str, Any] = {}
+
+
+def _sentence_distance(answers: list[str], targets: list[str], encoder: str) -> np.ndarray:
+    """1 - cos of sentence embeddings, clipped to [0, 2]; an empty answer is at 1."""
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.models import resolve_encoder
+
+    if encoder not in _ENCODERS:
+        _ENCODERS[encoder] = SentenceTransformer(resolve_encoder(encoder), device="cpu")
+    model = _ENCODERS[encoder]
+    a = model.encode(answers, normalize_embeddings=True, convert_to_numpy=True)
+    b = model.encode(targets, normalize_embeddings=True, convert_to_numpy=True)
+    out = np.clip(1.0 - (a * b).sum(1).astype(float), 0.0, 2.0)
+    out[[not x for x in answers]] = 1.0
+    return out
+
+
+def _answer_span(tokenizer: Any, prompt: str, answer: str | None, chat: bool) -> int:
+    """Tokens of a recorded locality answer (as a target after its prompt); a blank one counts as 8."""
+    from trainer.lm_scores import encode_pair
+
+    if not (answer or "").strip():
+        return DEFAULT_PROBE_TOKENS
+    return len(encode_pair(tokenizer, prompt, answer, chat_template=chat)[1])
+
+
+def _manifest_config(info: Any) -> dict[str, Any]:
+    manifest = json.loads((Path(info.path) / "manifest.json").read_text())
+    config = manifest.get("config") or {}
+    return json.loads(config) if isinstance(config, str) else config
+
+
+def _counts(owner: list[int], n: int) -> list[int]:
+    return np.bincount(np.asarray(owner, dtype=np.int64), minlength=n).tolist()
+
+
+def _per_fact(owner: list[int], values: list[Any], n: int) -> list[float | None]:
+    sums, counts = np.zeros(n), np.zeros(n)
+    for i, v in zip(owner, values):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        sums[i] += float(v)
+        counts[i] += 1
+    return [float(s / c) if c else None for s, c in zip(sums, counts)]

@@ -1,0 +1,288 @@
+"""What a causal LM says about (prompt, target) pairs: the torch math the pipeline and the trainer share.
+
+One definition of each score, used before training (pipeline/probe.py) and after it (trainer/evaluate.py),
+so "drift after training" means what the dataset's drift meant:
+
+- ``target_logprob``: mean log p(target token | prompt, earlier target tokens), teacher forced.
+- ``target_rank``: rank of the first target token in p(. | prompt); 1 = the model's top choice.
+- ``drift_expected``: 1 - cos(sum_v p(v | prompt) E[v], E[first target token]), E the LM's input
+  embedding matrix: how far the model's expected next token is from the target, smooth and immune to
+  junk greedy answers.
+- ``mean_embedding_distance`` (drift_lm): 1 - cos of the mean input embeddings of two texts.
+
+Tokenisation is part of the definition: the target is tokenised on its own, with a leading space after a
+plain prompt (``" Sega"``, not ``"Sega"``), the prompt's trailing spaces moved onto it; with the chat
+template the answer starts the assistant turn without one. Training (trainer/data.py) uses the same
+``encode_pair``. Importable without peft; torch is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "format_prompt", "encode_prompt", "encode_pair", "score_targets", "target_logprob",
+    "expected_embedding_distance", "greedy_answers", "decode_answer", "token_agreement",
+    "mean_embedding_distance",
+]
+
+
+# --- tokenisation ----------------------------------------------------------------------------------
+
+def format_prompt(tokenizer: Any, prompt: str, *, chat_template: bool = False) -> str:
+    """The text the model sees before the answer: the chat-wrapped question, or the prompt, right-trimmed."""
+    if chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             add_generation_prompt=True, tokenize=False)
+    return prompt.rstrip(" ")
+
+
+def _target_text(prompt_text: str, target: str, chat_template: bool) -> str:
+    target = target.strip()
+    if chat_template or not prompt_text or prompt_text[-1].isspace():
+        return target
+    return " " + target
+
+
+def encode_prompt(tokenizer: Any, prompt: str, *, chat_template: bool = False) -> list[int]:
+    """Token ids of the prompt as generation sees it (bos only where the tokenizer adds one itself)."""
+    text = format_prompt(tokenizer, prompt, chat_template=chat_template)
+    return list(tokenizer(text, add_special_tokens=not chat_template)["input_ids"])
+
+
+def encode_pair(tokenizer: Any, prompt: str, target: str, *,
+                chat_template: bool = False) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids), each tokenised on its own so the prompt part equals what generation sees.
+
+    Raises:
+        ValueError: the target tokenises to nothing.
+    """
+    text = format_prompt(tokenizer, prompt, chat_template=chat_template)
+    prompt_ids = list(tokenizer(text, add_special_tokens=not chat_template)["input_ids"])
+    target_ids = list(tokenizer(_target_text(text, target, chat_template),
+                                add_special_tokens=False)["input_ids"])
+    if not target_ids:
+        raise ValueError(f"target {target!r} tokenises to no tokens")
+    return prompt_ids, target_ids
+
+
+def _encode_pairs(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
+                  chat_template: bool) -> tuple[list[list[int]], list[list[int]]]:
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    pairs = [encode_pair(tokenizer, p, t, chat_template=chat_template) for p, t in zip(prompts, targets)]
+    return [p for p, _ in pairs], [t for _, t in pairs]
+
+
+# --- teacher-forced scores -------------------------------------------------------------------------
+
+def score_targets(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
+                  batch_size: int = 16, *, chat_template: bool = False,
+                  desc: str | None = None) -> dict[str, np.ndarray]:
+    """Teacher-forced target scores in one pass: ``target_logprob``, ``target_rank``, ``drift_expected``."""
+    prompt_ids, target_ids = _encode_pairs(tokenizer, prompts, targets, chat_template)
+    n = len(prompt_ids)
+    out = {"target_logprob": np.zeros(n), "target_rank": np.zeros(n, dtype=np.int64),
+           "drift_expected": np.zeros(n)}
+    for i, row in _teacher_forced(model, prompt_ids, target_ids, batch_size, tokenizer, desc,
+                                  first_token=True):
+        out["target_logprob"][i] = row["logprobs"].mean()
+        out["target_rank"][i] = row["rank"]
+        out["drift_expected"][i] = row["expected_distance"]
+    return out
+
+
+def target_logprob(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
+                   batch_size: int = 16, *, chat_template: bool = False) -> np.ndarray:
+    """Mean log-probability of each target's tokens after its prompt (teacher forced)."""
+    return score_targets(model, tokenizer, prompts, targets, batch_size,
+                         chat_template=chat_template)["target_logprob"]
+
+
+def expected_embedding_distance(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
+                                batch_size: int = 16, *, chat_template: bool = False) -> np.ndarray:
+    """1 - cos(sum_v p(v | prompt) E[v], E[first target token]) for each pair."""
+    return score_targets(model, tokenizer, prompts, targets, batch_size,
+                         chat_template=chat_template)["drift_expected"]
+
+
+def token_agreement(model: Any, tokenizer: Any, prompts: Sequence[str],
+                    continuations: Sequence[Sequence[int]], batch_size: int = 16, *,
+                    chat_template: bool = False, desc: str | None = None) -> np.ndarray:
+    """Fraction of continuation positions where the model's argmax is the continuation's token.
+
+    Locality the EasyEdit way: ``continuations`` are the base model's greedy answer ids; NaN where empty.
+    """
+    prompt_ids = [encode_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
+    out = np.full(len(prompt_ids), np.nan)
+    keep = [i for i, c in enumerate(continuations) if len(c)]
+    rows = _teacher_forced(model, [prompt_ids[i] for i in keep], [list(continuations[i]) for i in keep],
+                           batch_size, tokenizer, desc, first_token=False)
+    for j, row in rows:
+        out[keep[j]] = float(np.mean(row["argmax"] == np.asarray(continuations[keep[j]])))
+    return out
+
+
+def _teacher_forced(model: Any, prompt_ids: list[list[int]], cont_ids: list[list[int]], batch_size: int,
+                    tokenizer: Any, desc: str | None, first_token: bool) -> Iterator[tuple[int, dict]]:
+    """Yields (index, {logprobs, argmax[, rank, expected_distance]}) per pair, batched by length."""
+    import torch
+
+    device = _device(model)
+    pad = _pad_id(tokenizer)
+    emb = model.get_input_embeddings().weight if first_token else None
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(cont_ids[i]))
+    with _inference(model):
+        for batch in _batches(order, batch_size, desc):
+            seqs = [prompt_ids[i] + cont_ids[i] for i in batch]
+            width = max(map(len, seqs))
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):  # right padding: positions stay 0..n-1 for every row
+                ids[r, :len(s)] = torch.tensor(s)
+                mask[r, :len(s)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for r, i in enumerate(batch):
+                lp, lc = len(prompt_ids[i]), len(cont_ids[i])
+                row_logits = logits[r, lp - 1: lp - 1 + lc].float()
+                target = torch.tensor(cont_ids[i], device=row_logits.device)
+                logprobs = torch.log_softmax(row_logits, dim=-1)
+                res = {"logprobs": logprobs.gather(1, target[:, None])[:, 0].cpu().numpy(),
+                       "argmax": row_logits.argmax(-1).cpu().numpy()}
+                if first_token:
+                    first = row_logits[0]
+                    res["rank"] = int((first > first[target[0]]).sum().item()) + 1
+                    expected = torch.softmax(first, -1) @ emb.float()
+                    res["expected_distance"] = min(2.0, max(0.0, 1.0 - float(
+                        torch.cosine_similarity(expected, emb[target[0]].float(), dim=0))))
+                yield i, res
+
+
+# --- greedy answers --------------------------------------------------------------------------------
+
+def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
+                   batch_size: int = 16, *, chat_template: bool = False,
+                   desc: str | None = None) -> list[list[int]]:
+    """Greedy answer token ids per prompt (batched, left-padded), cut at end of sequence.
+
+    ``max_new_tokens`` may differ per prompt; a batch generates its longest budget and each row is cut to
+    its own (greedy decoding is deterministic, so a prefix equals a shorter run).
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    budgets = ([int(max_new_tokens)] * len(prompts) if isinstance(max_new_tokens, (int, np.integer))
+               else [int(b) for b in max_new_tokens])
+    if len(budgets) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(budgets)} max_new_tokens")
+    prompt_ids = [encode_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
+    device = _device(model)
+    pad = _pad_id(tokenizer)
+    stops = _eos_ids(model, tokenizer)
+    answers: list[list[int]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+    with _inference(model):
+        for batch in _batches(order, batch_size, desc):
+            width = max(len(prompt_ids[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, i in enumerate(batch):
+                n = len(prompt_ids[i])
+                ids[r, width - n:] = torch.tensor(prompt_ids[i])
+                mask[r, width - n:] = 1
+            config = GenerationConfig(max_new_tokens=max(budgets[i] for i in batch), do_sample=False,
+                                      pad_token_id=pad, eos_token_id=sorted(stops))
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=config)
+            for r, i in enumerate(batch):
+                new = out[r, width:width + budgets[i]].tolist()
+                cut = next((k for k, t in enumerate(new) if t in stops), None)
+                answers[i] = new if cut is None else new[:cut + 1]  # keep the eos: locality compares it
+    return answers
+
+
+def decode_answer(tokenizer: Any, ids: Sequence[int]) -> str:
+    """An answer's text without special tokens or surrounding space."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+# --- embedding-space distance between texts --------------------------------------------------------
+
+def mean_embedding_distance(model: Any, tokenizer: Any, texts: Sequence[str],
+                            targets: Sequence[str]) -> np.ndarray:
+    """1 - cos(mean E[tokens of text], mean E[tokens of target]); both tokenised as " " + stripped text.
+
+    An empty text is at distance 1.
+    """
+    import torch
+
+    if len(texts) != len(targets):
+        raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
+    emb = model.get_input_embeddings().weight
+    out = np.ones(len(texts))
+
+    def mean_vec(text: str) -> "torch.Tensor | None":
+        ids = tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"] if text.strip() else []
+        return emb[torch.tensor(ids, device=emb.device)].float().mean(0) if ids else None
+
+    with torch.no_grad():
+        for i, (a, b) in enumerate(zip(texts, targets)):
+            va, vb = mean_vec(a), mean_vec(b)
+            if va is not None and vb is not None:
+                out[i] = min(2.0, max(0.0, 1.0 - float(torch.cosine_similarity(va, vb, dim=0))))
+    return out
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _device(model: Any) -> "torch.device":
+    return next(model.parameters()).device
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    return int(pad)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, (list, tuple)) else [extra] if extra is not None else [])
+    return {int(i) for i in ids}
+
+
+def _batches(order: list[int], batch_size: int, desc: str | None) -> Iterator[list[int]]:
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if desc:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=desc, unit="batch", leave=False)
+    yield from chunks
+
+
+class _inference:
+    """eval mode + no grad, restoring the model's training flag afterwards."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.was_training = self.model.training
+        self.model.eval()
+        self.grad = torch.inference_mode()
+        self.grad.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.grad.__exit__(*exc)
+        self.model.train(self.was_training)
