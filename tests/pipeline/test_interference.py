@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-import apache_beam as beam
 
+from pipeline import interference
 from pipeline.interference import (
     Member,
     ScoreInterference,
@@ -64,12 +65,15 @@ def test_hyperplanes_are_seeded_and_signatures_follow_the_sides():
     assert np.array_equal(keys[0] ^ keys[2], np.full(16, 255))  # the opposite vector flips every bit
 
 
-def test_lsh_with_default_bands_finds_95_percent_of_close_pairs():
+# The config defaults, and the finer buckets the 100k benchmark favours.
+@pytest.mark.parametrize("bits, max_bucket", [(8, 2000), (10, 200)])
+def test_lsh_finds_95_percent_of_close_pairs(bits, max_bucket):
     emb = _planted(2000, 300)
     n = len(emb)
     exact = _exact_pairs(emb, 0.9)
     assert len(exact) >= 300  # the planted pairs, at least
-    res = find_interference(emb, _ids(n), _ids(n), list(range(n)), bands=16, bits=8)
+    res = find_interference(emb, _ids(n), _ids(n), list(range(n)), bands=16, bits=bits,
+                            max_bucket=max_bucket)
     # A fact's neighbours are all exact pairs it belongs to that the search found.
     found = sum(r["neighbors"] for r in res) / 2
     assert found / len(exact) >= 0.95
@@ -146,7 +150,23 @@ def test_recall_holds_when_every_bucket_must_be_split():
     assert sum(r["neighbors"] for r in res) / 2 / len(exact) >= 0.95
 
 
-def test_beam_transform_matches_the_pure_function_with_one_output_per_key():
+def test_partials_merge_once_per_pair_whatever_the_grouping():
+    combine = interference._MergePartials(conflict_threshold=0.95)
+    band_a = (0.97, (("f2", 0.97, True, True), ("f3", 0.91, False, False)))
+    band_b = (0.97, (("f2", 0.97, True, True),))  # the same pair, seen in another band
+    band_c = (0.60, ())
+    one = combine.add_input(combine.add_input(combine.create_accumulator(), band_a), band_c)
+    two = combine.add_input(combine.create_accumulator(), band_b)
+    for acc in (combine.merge_accumulators([one, two]), combine.merge_accumulators([two, one])):
+        assert combine.extract_output(acc) == {
+            "interference": 0.97, "neighbors": 2, "conflicts_with": ["f2"],
+            "conflict_with_earlier": True}
+
+
+@pytest.mark.parametrize("flush_keys", [500_000, 7])
+def test_beam_transform_matches_the_pure_function_with_one_output_per_key(flush_keys, monkeypatch):
+    # flush_keys=7: partials leave the scoring worker mid-bundle, several per fact, and must merge.
+    monkeypatch.setattr(interference, "_FLUSH_KEYS", flush_keys)
     emb = _planted(300, 40, seed=8)
     emb[10] = emb[11]  # a conflict: same prompt, different targets
     n = len(emb)
@@ -177,6 +197,8 @@ def test_beam_transform_matches_the_pure_function_with_one_output_per_key():
                 result.metrics().query(MetricsFilter().with_namespace("beacon"))["counters"]}
     assert counters["interference_pairs_scored"] > 0
     assert counters["interference_buckets_split"] > 0  # max_bucket=8 forces splits
+    # Merged per bundle: one partial per fact, unless the cap flushed them early.
+    assert (counters["interference_partials_emitted"] > n) == (flush_keys < n)
 
 
 def test_beam_transform_outputs_zeros_for_facts_without_candidates():
@@ -194,6 +216,7 @@ def test_beam_transform_outputs_zeros_for_facts_without_candidates():
     {"neighbor_threshold": 0.96, "conflict_threshold": 0.95},
     {"bits": 31},
     {"max_bucket": 1},
+    {"payload": "int8"},
 ])
 def test_impossible_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
