@@ -1,7 +1,7 @@
 """ProbeModel: what the base LM says today, and how far that is from each target.
 
 One ``ModelHandler`` for ``RunInference``: the LM loads once per worker, facts arrive in batches.
-Per fact it returns the greedy answer (left-padded batched generation), the teacher-forced mean
+Per fact it returns the greedy answer (left-padded batched decoding), the teacher-forced mean
 log-probability of the target, the rank of the target's first token, and two drift variants measured
 in the LM's own input-embedding space (see ``schemas.scored.ScoredFact``).
 """
@@ -19,8 +19,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipeline.inference import METRICS_NS, KeyedInference
 from pipeline.models import resolve_lm
-from trainer.lm_scores import (decode_answer, greedy_answers, mean_embedding_distance,
-                                score_targets)
+from trainer.lm_scores import decode_answer, mean_embedding_distance, probe
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +104,10 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
         prompts = [fact["prompt"] for fact in batch]
         targets = [fact["target"] for fact in batch]
         chat, n = self._chat_template, len(batch)
-        answer_ids = greedy_answers(lm, tokenizer, prompts, self._max_new_tokens, n, chat_template=chat)
-        answers = [clean_answer(decode_answer(tokenizer, ids)) for ids in answer_ids]
         # The same scoring code the trainer's evaluation uses: "drift after" means what "drift" meant.
-        scores = score_targets(lm, tokenizer, prompts, targets, n, chat_template=chat)
+        # One prefill per prompt serves both the greedy answer and the teacher-forced target scores.
+        scores = probe(lm, tokenizer, prompts, targets, self._max_new_tokens, n, chat_template=chat)
+        answers = [clean_answer(decode_answer(tokenizer, ids)) for ids in scores["answers"]]
         drift_lm = lm_answer_drift(lm, tokenizer, prompts, answers, targets)
         self._progress.add(len(batch))
         for i, fact in enumerate(batch):

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "format_prompt", "encode_prompt", "encode_pair", "score_targets", "target_logprob",
     "expected_embedding_distance", "greedy_answers", "decode_answer", "token_agreement",
-    "mean_embedding_distance",
+    "mean_embedding_distance", "probe",
 ]
 
 
@@ -210,6 +210,107 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
 def decode_answer(tokenizer: Any, ids: Sequence[int]) -> str:
     """An answer's text without special tokens or surrounding space."""
     return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+# --- both at once: what the pipeline's probe needs --------------------------------------------------
+
+def probe(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], max_new_tokens: int,
+          batch_size: int = 16, *, chat_template: bool = False) -> dict[str, Any]:
+    """``greedy_answers`` and ``score_targets`` from one prefill of each prompt.
+
+    Both start with the same forward pass over the prompt; the target's teacher-forced tokens and the
+    greedy decode continue from (copies of) its KV cache, so a prompt is processed once instead of
+    twice. Results equal the two separate functions up to float rounding (tested).
+
+    Returns:
+        ``{"answers": list[list[int]], "target_logprob", "target_rank", "drift_expected": np.ndarray}``
+    """
+    import torch
+
+    prompt_ids, target_ids = _encode_pairs(tokenizer, prompts, targets, chat_template)
+    n = len(prompt_ids)
+    out: dict[str, Any] = {"answers": [[] for _ in range(n)], "target_logprob": np.zeros(n),
+                           "target_rank": np.zeros(n, dtype=np.int64), "drift_expected": np.zeros(n)}
+    device, pad, stops = _device(model), _pad_id(tokenizer), _eos_ids(model, tokenizer)
+    emb = model.get_input_embeddings().weight
+    order = sorted(range(n), key=lambda i: len(prompt_ids[i]))
+    with _inference(model):
+        for batch in _batches(order, batch_size, None):
+            width = max(len(prompt_ids[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, i in enumerate(batch):  # left padding: every prompt ends where its answer starts
+                ids[r, width - len(prompt_ids[i]):] = torch.tensor(prompt_ids[i])
+                mask[r, width - len(prompt_ids[i]):] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            last = first.logits[:, -1].float()
+            cache = getattr(first, "cache", None) or first.past_key_values  # renamed in transformers 5
+            logps = _probe_target(model, cache, mask, pos, last, batch, target_ids, pad, emb, out)
+            for r, i in enumerate(batch):
+                out["target_logprob"][i] = float(np.mean(logps[r]))
+            _probe_greedy(model, cache, mask, pos, last, batch, max_new_tokens, stops, out)
+    return out
+
+
+def _probe_target(model: Any, cache: Any, mask: "torch.Tensor", pos: "torch.Tensor", last: "torch.Tensor",
+                  batch: list[int], target_ids: list[list[int]], pad: int, emb: "torch.Tensor",
+                  out: dict[str, Any]) -> list[list[float]]:
+    """First-token rank and expected-embedding distance; teacher-forced log-probs of every target token."""
+    import copy
+
+    import torch
+
+    logps: list[list[float]] = []
+    for r, i in enumerate(batch):
+        t0 = target_ids[i][0]
+        row = last[r]
+        out["target_rank"][i] = int((row > row[t0]).sum().item()) + 1
+        expected = torch.softmax(row, -1) @ emb.float()
+        out["drift_expected"][i] = min(2.0, max(0.0, 1.0 - float(
+            torch.cosine_similarity(expected, emb[t0].float(), dim=0))))
+        logps.append([float(torch.log_softmax(row, -1)[t0])])
+    rest = max(len(target_ids[i]) for i in batch) - 1
+    if rest > 0:  # the later target tokens, fed after the prompt on a copy of its cache
+        device = mask.device
+        tin = torch.full((len(batch), rest), pad, dtype=torch.long)
+        tmask = torch.zeros((len(batch), rest), dtype=torch.long)
+        for r, i in enumerate(batch):
+            k = len(target_ids[i]) - 1
+            if k:
+                tin[r, :k] = torch.tensor(target_ids[i][:-1])
+                tmask[r, :k] = 1
+        tpos = pos[:, -1:] + 1 + torch.arange(rest, device=device)[None, :]
+        logits = model(input_ids=tin.to(device), attention_mask=torch.cat([mask, tmask.to(device)], 1),
+                       position_ids=tpos, cache=copy.deepcopy(cache)).logits.float()
+        for r, i in enumerate(batch):
+            for k in range(1, len(target_ids[i])):
+                logps[r].append(float(torch.log_softmax(logits[r, k - 1], -1)[target_ids[i][k]]))
+    return logps
+
+
+def _probe_greedy(model: Any, cache: Any, mask: "torch.Tensor", pos: "torch.Tensor", last: "torch.Tensor",
+                  batch: list[int], max_new_tokens: int, stops: set[int], out: dict[str, Any]) -> None:
+    """Greedy decoding from the prompt's cache; each answer cut after its first end-of-sequence token."""
+    import torch
+
+    nxt = last.argmax(-1)
+    done = [False] * len(batch)
+    cur_pos = pos[:, -1:]
+    for step in range(max_new_tokens):
+        for r, i in enumerate(batch):
+            if not done[r]:
+                token = int(nxt[r])
+                out["answers"][i].append(token)
+                done[r] = token in stops
+        if all(done) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=mask.dtype, device=mask.device)], 1)
+        cur_pos = cur_pos + 1
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=cur_pos,
+                       cache=cache).logits[:, -1]
+        nxt = logits.argmax(-1)
 
 
 # --- embedding-space distance between texts --------------------------------------------------------
