@@ -1,1 +1,1 @@
-"""Beacon's front doors: the command line, and (later) the HTTP API, job store and worker."""
+"""Beacon's front doors: the command line, the HTTP API, the job store and the worker."""

@@ -8,7 +8,7 @@ import logging
 import sys
 
 # Imported lazily so `beacon --help` does not pay for torch or Beam.
-COMMANDS = ["models", "curate", "train", "eval", "run"]
+COMMANDS = ["models", "curate", "train", "eval", "run", "serve", "worker"]
 
 
 def build_parser() -> argparse.ArgumentParser:

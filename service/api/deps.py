@@ -1,0 +1,69 @@
+"""What routes are given: settings, the store, the data layout, and the bearer-token checks.
+
+All are ``async``: a sync dependency costs a thread-pool hop on every request, even a cheap read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.datasets import Layout
+from service.settings import Settings
+from service.store import Store
+
+_bearer = HTTPBearer(auto_error=False, description="BEACON_API_TOKEN")
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+async def get_layout(request: Request) -> Layout:
+    return request.app.state.layout
+
+
+async def get_query_slots(request: Request) -> threading.BoundedSemaphore:
+    return request.app.state.query_slots
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+LayoutDep = Annotated[Layout, Depends(get_layout)]
+QuerySlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_query_slots)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _check(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:
+    expected = settings.token()
+    if expected is None:  # dev mode without a token: the server said so loudly at start
+        return
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            detail="missing or wrong bearer token: send 'Authorization: Bearer <BEACON_API_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_token(settings: SettingsDep, credentials: Credentials) -> None:
+    """Every request that starts, cancels or uploads anything."""
+    _check(settings, credentials)
+
+
+async def require_read(settings: SettingsDep, credentials: Credentials) -> None:
+    """Reads: open unless BEACON_PROTECT_READS is set."""
+    if settings.protect_reads:
+        _check(settings, credentials)
+
+
+Writer = Depends(require_token)
+Reader = Depends(require_read)

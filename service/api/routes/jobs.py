@@ -1,0 +1,155 @@
+"""``/jobs``: submit (202, idempotent), list, get, cancel, events, artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
+from fastapi.responses import FileResponse
+
+from service.api.deps import LayoutDep, Reader, StoreDep, Writer
+from service.api.models import JOB_ID, Artifact, Event, Job, JobCreate, JobStatus, Page
+from service.datasets import Layout, PathError, confined, list_artifacts
+from service.store import Conflict, NotFound, Store
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+# Jobs go out as the store renders them (the ``Job`` model is their documented shape): no Python
+# decoding and re-encoding of params and metrics on the hottest read.
+JobId = Annotated[str, Path(pattern=JOB_ID, description="A job id (job_ + 16 hex digits).")]
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+Offset = Annotated[int, Query(ge=0, le=2**62, description="Rows to skip.")]
+IdempotencyKey = Annotated[str | None, Header(
+    min_length=1, max_length=255,
+    description="A key of the client's choosing: the same key answers the same job, never a second one.")]
+
+
+def invalid(field: str, message: str, value: Any = None) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, naming the body field."""
+    return HTTPException(status_code=422, detail=[
+        {"type": "value_error", "loc": ["body", field], "msg": message, "input": value}])
+
+
+@router.post("", status_code=202, response_model=Job, dependencies=[Writer],
+             responses={202: {"description": "Queued (or, with a known Idempotency-Key, the earlier job)."},
+                        401: {"description": "Missing or wrong bearer token."},
+                        422: {"description": "Invalid settings or dataset; the detail names the field."}})
+def submit_job(body: JobCreate, store: StoreDep, layout: LayoutDep,
+               idempotency_key: IdempotencyKey = None) -> Response:
+    """Queues a job: curate the dataset, train on its kept facts, evaluate. A worker runs it."""
+    dataset = _source_dataset(body, store, layout)
+    params = body.params()
+    if "format" not in body.curate.model_fields_set and dataset.get("format"):
+        params["curate"]["format"] = dataset["format"]  # the format given at upload
+    request_hash = hashlib.sha256(json.dumps({"dataset_id": dataset["id"], "params": params},
+                                             sort_keys=True).encode()).hexdigest()
+    try:
+        row, created = store.create_job(dataset_id=dataset["id"], params=params, request_hash=request_hash,
+                                        idempotency_key=idempotency_key)
+    except Conflict as e:
+        raise HTTPException(status_code=422, detail=str(e)) from None
+    headers = {"Location": f"/jobs/{row['id']}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return _json(store.job_json(job_id=row["id"]), status_code=202, headers=headers)
+
+
+def _source_dataset(body: JobCreate, store: Store, layout: Layout) -> dict[str, Any]:
+    if body.dataset_id is not None:
+        try:
+            dataset = store.get_dataset(dataset_id=body.dataset_id)
+        except NotFound:
+            raise invalid("dataset_id", f"dataset {body.dataset_id} does not exist; upload it with POST "
+                                        "/datasets first", body.dataset_id) from None
+        if dataset["kind"] != "raw":
+            raise invalid("dataset_id", f"dataset {body.dataset_id} is already scored; a job starts from an "
+                                        "uploaded (raw) dataset", body.dataset_id)
+        return dataset
+    try:
+        path = confined(layout.imports, body.dataset_path)
+    except PathError as e:
+        raise invalid("dataset_path", f"{e} (paths are relative to the data root's imports/ folder)",
+                      body.dataset_path) from None
+    if not path.is_file():
+        raise invalid("dataset_path", f"{body.dataset_path!r} is not a file", body.dataset_path)
+    st = path.stat()
+    relative = path.relative_to(layout.root).as_posix()
+    # The same file (path, size, mtime) is the same dataset, so replays do not pile up rows.
+    digest = hashlib.sha256(f"import:{relative}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    return store.insert_dataset(id=f"dst_{digest[:16]}", kind="raw", name=path.name, format=None,
+                                path=relative, bytes=st.st_size)
+
+
+@router.get("", response_model=Page[Job], dependencies=[Reader])
+async def list_jobs(store: StoreDep, status: JobStatus | None = None, limit: Limit = 20,
+                    offset: Offset = 0) -> Response:
+    """Jobs, newest first; ``count`` is the number matching ``status``."""
+    # A read on a WAL database never waits for writers: cheap enough for the event loop.
+    return _json(store.list_jobs_json(status=status, limit=limit, offset=offset))
+
+
+@router.get("/{job_id}", response_model=Job, dependencies=[Reader], responses={404: {"description": "No such job."}})
+async def get_job(job_id: JobId, store: StoreDep) -> Response:
+    try:
+        return _json(store.job_json(job_id=job_id))
+    except NotFound as e:
+        raise HTTPException(status_code=404, detail=str(e)) from None
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=Job, dependencies=[Writer],
+             responses={404: {"description": "No such job."}, 409: {"description": "The job already ended."}})
+def cancel_job(job_id: JobId, store: StoreDep) -> Response:
+    """Cancels a queued job at once; a running one stops within a second or two (watch its status)."""
+    try:
+        store.request_cancel(job_id=job_id)
+        return _json(store.job_json(job_id=job_id), status_code=202)
+    except NotFound as e:
+        raise HTTPException(status_code=404, detail=str(e)) from None
+    except Conflict as e:
+        raise HTTPException(status_code=409, detail=str(e)) from None
+
+
+@router.get("/{job_id}/events", response_model=Page[Event], dependencies=[Reader],
+            responses={404: {"description": "No such job."}})
+async def job_events(job_id: JobId, store: StoreDep, after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> Page[Event]:
+    """What happened to the job, oldest first; ``after`` = the last event id seen (for polling)."""
+    _job(store, job_id)
+    rows, count = store.list_events(job_id=job_id, after=after, limit=limit)
+    return Page[Event](data=[Event.of(r) for r in rows], count=count)
+
+
+@router.get("/{job_id}/artifacts", response_model=Page[Artifact], dependencies=[Reader],
+            responses={404: {"description": "No such job."}})
+def job_artifacts(job_id: JobId, store: StoreDep, layout: LayoutDep) -> Page[Artifact]:
+    """The files the job wrote so far (adapter, metrics, eval.parquet, logs)."""
+    _job(store, job_id)
+    found = list_artifacts(layout.job_dir(job_id))
+    return Page[Artifact](data=[Artifact(**a) for a in found], count=len(found))
+
+
+@router.get("/{job_id}/artifacts/{path:path}", dependencies=[Reader], response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       404: {"description": "No such job or file (or a path outside the job)."}})
+def job_artifact(job_id: JobId, path: str, store: StoreDep, layout: LayoutDep) -> FileResponse:
+    """One file of the job, by the path ``/artifacts`` lists."""
+    _job(store, job_id)
+    try:
+        file = confined(layout.job_dir(job_id), path)
+    except PathError as e:
+        raise HTTPException(status_code=404, detail=f"no artifact {path!r}: {e}") from None
+    if not file.is_file():
+        raise HTTPException(status_code=404, detail=f"no artifact {path!r}: not a file")
+    return FileResponse(file, filename=file.name)
+
+
+def _json(content: bytes, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=content, status_code=status_code, headers=headers, media_type="application/json")
+
+
+def _job(store: Store, job_id: str) -> dict[str, Any]:
+    try:
+        return store.get_job(job_id=job_id)
+    except NotFound as e:
+        raise HTTPException(status_code=404, detail=str(e)) from None

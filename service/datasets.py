@@ -1,0 +1,340 @@
+"""Datasets on disk: the data root's layout, path confinement, and statistics computed by DuckDB.
+
+Layout under the data root (``BEACON_DATA_DIR``)::
+
+    uploads/<id><ext>          an uploaded file (a dataset of kind 'raw')
+    imports/...                files an operator placed there (a job may name one by relative path)
+    datasets/<id>/             a scored dataset: scored/*.parquet, rejected/*.parquet, manifest.json
+    jobs/<id>/run/             the job's training run (adapter/, checkpoints/, metrics.json, eval.parquet)
+    jobs/<id>/logs/            one log per stage process
+
+Every path derived from a request goes through ``confined``; ids are server generated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+HISTOGRAM_BINS = 20
+TOP_CONFLICTS = 20
+STATS_VERSION = 1
+
+
+class PathError(ValueError):
+    """A requested path that is not a file inside its root (``..``, absolute, symlink out, missing)."""
+
+
+def confined(root: Path, relative: str, *, must_exist: bool = True) -> Path:
+    """``root / relative`` resolved, if it stays inside ``root`` (symlinks followed).
+
+    Raises:
+        PathError: ``relative`` is absolute, climbs with ``..``, holds a NUL, or resolves outside ``root``.
+    """
+    if not relative or "\x00" in relative:
+        raise PathError("empty path or NUL byte in path")
+    rel = Path(relative)
+    if rel.is_absolute() or relative.startswith(("/", "\\")):
+        raise PathError(f"absolute path {relative!r} not allowed; give a relative path")
+    if any(part == ".." for part in rel.parts) or any(part == ".." for part in relative.split("\\")):
+        raise PathError(f"path {relative!r} climbs out with '..'")
+    base = root.resolve()
+    try:
+        target = (base / rel).resolve(strict=must_exist)
+    except (FileNotFoundError, NotADirectoryError):
+        raise PathError(f"{relative!r} does not exist") from None
+    except (OSError, RuntimeError) as e:  # a symlink loop, a name too long
+        raise PathError(f"{relative!r} cannot be resolved: {e}") from None
+    if not target.is_relative_to(base):
+        raise PathError(f"{relative!r} leads outside its root (a symlink?)")
+    return target
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything lives under the data root."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, data_dir: Path) -> "Layout":
+        layout = cls(Path(data_dir).resolve())
+        for sub in ("uploads", "imports", "datasets", "jobs"):
+            (layout.root / sub).mkdir(parents=True, exist_ok=True)
+        return layout
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def imports(self) -> Path:
+        return self.root / "imports"
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        return self.root / "datasets" / dataset_id
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "run"
+
+    def resolve(self, relative: str) -> Path:
+        """A registered dataset's stored path (relative to the root), checked again on every use."""
+        return confined(self.root, relative)
+
+
+def scored_dataset_id(source_dataset_id: str, config_hash: str) -> str:
+    """The id of the curation of one upload with one curate config: the same pair is curated once."""
+    digest = hashlib.sha256(f"{source_dataset_id}:{config_hash}".encode()).hexdigest()
+    return f"dst_{digest[:16]}"
+
+
+@dataclass(frozen=True)
+class ScoredFiles:
+    """The Parquet files behind a scored dataset's views (empty lists when there are none)."""
+
+    scored: list[Path]
+    rejected: list[Path]
+    eval: list[Path]
+
+    def signature(self) -> str:
+        """Changes when any file changes (the cache key of stats)."""
+        h = hashlib.sha256()
+        for path in [*self.scored, *self.rejected, *self.eval]:
+            st = path.stat()
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return h.hexdigest()[:16]
+
+
+def scored_files(layout: Layout, dataset: dict[str, Any], run_dir: Path | None) -> ScoredFiles:
+    """The files of a scored dataset (and of the evaluation of the job that made it, if any).
+
+    Raises:
+        PathError: the dataset folder escapes the root or is gone.
+    """
+    folder = layout.resolve(dataset["path"])
+
+    def parquet(sub: Path) -> list[Path]:
+        if not sub.is_dir():
+            return []
+        files = sorted(p for p in sub.glob("*.parquet") if p.is_file())
+        return [p for p in files if p.resolve().is_relative_to(layout.root)]
+
+    evals = []
+    if run_dir is not None and (run_dir / "eval.parquet").is_file():
+        evals = [run_dir / "eval.parquet"]
+    return ScoredFiles(scored=parquet(folder / "scored"), rejected=parquet(folder / "rejected"), eval=evals)
+
+
+def read_manifest(layout: Layout, dataset: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        path = layout.resolve(dataset["path"]) / "manifest.json"
+        return json.loads(path.read_text())
+    except (PathError, OSError, ValueError):
+        return None
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+# (dataset id, file signature) -> the stats as JSON bytes, ready to send.
+_cache: dict[tuple[str, str], bytes] = {}
+_cache_lock = threading.Lock()
+
+
+def cached_stats(dataset: dict[str, Any], files: ScoredFiles) -> bytes | None:
+    """The stats from this process's memory, if computed before: no I/O beyond a stat() per file."""
+    with _cache_lock:
+        return _cache.get((dataset["id"], files.signature()))
+
+
+def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *, threads: int,
+                  use_cache: bool = True) -> bytes:
+    """Counts by reason, drift/interference quantiles and histograms, top conflict pairs (as JSON).
+
+    A scored dataset never changes once written, so stats are computed once per file signature and
+    kept in memory and beside the data (``.stats-v1.json``), where other processes find them: the
+    worker computes them right after curation, the API reads them.
+    """
+    signature = files.signature()
+    key = (dataset["id"], signature)
+    if use_cache:
+        with _cache_lock:
+            if key in _cache:
+                return _cache[key]
+        cached = _read_cached(layout, dataset, signature)
+        if cached is not None:
+            with _cache_lock:
+                _cache[key] = cached
+            return cached
+    stats = compute_stats(files, threads=threads)
+    manifest = read_manifest(layout, dataset) or {}
+    stats["manifest"] = {k: manifest.get(k) for k in ("dataset_id", "created_at", "counts",
+                                                      "rejected_by_stage", "thresholds", "config_hash")}
+    stats["signature"] = signature
+    encoded = json.dumps(_finite(stats), allow_nan=False).encode()
+    if use_cache:
+        _write_cached(layout, dataset, encoded)
+        with _cache_lock:
+            _cache[key] = encoded
+    return encoded
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities (a NaN score in the data) become null: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _stats_path(layout: Layout, dataset: dict[str, Any]) -> Path:
+    return layout.resolve(dataset["path"]) / f".stats-v{STATS_VERSION}.json"
+
+
+def _read_cached(layout: Layout, dataset: dict[str, Any], signature: str) -> bytes | None:
+    try:
+        raw = _stats_path(layout, dataset).read_bytes()
+        return raw if json.loads(raw).get("signature") == signature else None
+    except (OSError, ValueError, PathError, AttributeError):
+        return None
+
+
+def _write_cached(layout: Layout, dataset: dict[str, Any], encoded: bytes) -> None:
+    try:
+        path = _stats_path(layout, dataset)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(encoded)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only dataset folder: the in-memory cache still serves
+
+
+def compute_stats(files: ScoredFiles, *, threads: int) -> dict[str, Any]:
+    """Stats of the scored Parquet files by DuckDB (no user SQL here, so no lock-down needed)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET threads = {int(threads)}")
+        if not files.scored:
+            raise PathError("the dataset has no scored Parquet files")
+        con.execute(f"CREATE VIEW scored AS SELECT * FROM read_parquet({sql_paths(files.scored)})")
+        return _stats(con, rejected=_count(con, files.rejected))
+    finally:
+        con.close()
+
+
+def sql_paths(paths: list[Path]) -> str:
+    """A DuckDB list literal of paths (a view's definition cannot take parameters)."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _count(con, paths: list[Path]) -> int:
+    if not paths:
+        return 0
+    return con.execute("SELECT count(*) FROM read_parquet(?)", [[str(p) for p in paths]]).fetchone()[0]
+
+
+def _stats(con, *, rejected: int) -> dict[str, Any]:
+    qs = list(QUANTILES)
+    (rows, kept, d_lo, d_hi, d_mean, d_q, i_lo, i_hi, i_mean, i_q, conflicted) = con.execute(
+        """
+        SELECT count(*), count(*) FILTER (WHERE keep),
+               min(drift), max(drift), avg(drift), quantile_cont(drift, $qs),
+               min(interference), max(interference), avg(interference), quantile_cont(interference, $qs),
+               count(*) FILTER (WHERE len(conflicts_with) > 0)
+        FROM scored
+        """, {"qs": qs}).fetchone()
+    by_reason = {r: {"n": n, "drift_mean": m, "interference_mean": i} for r, n, m, i in con.execute(
+        "SELECT reason, count(*), avg(drift), avg(interference) FROM scored GROUP BY reason ORDER BY reason"
+    ).fetchall()}
+    drift, interference = _histograms(con, (d_lo, d_hi), (i_lo, i_hi))
+    return {
+        "rows": rows,
+        "counts": {"scored": rows, "kept": kept, "rejected": rejected,
+                   "by_reason": {r: v["n"] for r, v in by_reason.items()}, "with_conflicts": conflicted},
+        "by_reason": by_reason,
+        "drift": {"min": d_lo, "max": d_hi, "mean": d_mean, "quantiles": _quantiles(d_q), "histogram": drift},
+        "interference": {"min": i_lo, "max": i_hi, "mean": i_mean, "quantiles": _quantiles(i_q),
+                         "histogram": interference},
+        "top_conflicts": _top_conflicts(con) if conflicted else [],
+    }
+
+
+def _quantiles(values: list[float] | None) -> dict[str, float]:
+    return {f"q{q:g}": v for q, v in zip(QUANTILES, values or [], strict=False)}
+
+
+def _histograms(con, drift: tuple, interference: tuple) -> tuple[list[dict], list[dict]]:
+    """Equal-width histograms of drift and interference over [min, max], in one scan."""
+    if drift[0] is None:
+        return [], []
+    widths = [((hi - lo) / HISTOGRAM_BINS) or 1.0 for lo, hi in (drift, interference)]
+    top = HISTOGRAM_BINS - 1
+    rows = con.execute(
+        f"""
+        SELECT least(CAST(floor((drift - $dlo) / $dw) AS INTEGER), {top}) AS d,
+               least(CAST(floor((interference - $ilo) / $iw) AS INTEGER), {top}) AS i, count(*)
+        FROM scored GROUP BY GROUPING SETS ((d), (i))
+        """, {"dlo": drift[0], "dw": widths[0], "ilo": interference[0], "iw": widths[1]}).fetchall()
+    counts_d = {d: n for d, i, n in rows if d is not None}
+    counts_i = {i: n for d, i, n in rows if i is not None}
+
+    def bins(lo: float, width: float, counts: dict) -> list[dict]:
+        return [{"low": lo + b * width, "high": lo + (b + 1) * width, "count": counts.get(b, 0)}
+                for b in range(HISTOGRAM_BINS)]
+    return bins(drift[0], widths[0], counts_d), bins(interference[0], widths[1], counts_i)
+
+
+def _top_conflicts(con) -> list[dict[str, Any]]:
+    """The conflicting pairs whose prompts are closest (the lower of the two facts' interference)."""
+    rows = con.execute(
+        f"""
+        WITH ends AS MATERIALIZED (
+            SELECT fact_id, prompt, target, interference, conflicts_with FROM scored
+            WHERE len(conflicts_with) > 0
+        ), pairs AS (
+            SELECT DISTINCT least(fact_id, other) AS a, greatest(fact_id, other) AS b
+            FROM (SELECT fact_id, unnest(conflicts_with) AS other FROM ends)
+        )
+        SELECT p.a, ea.prompt, ea.target, ea.interference, p.b, eb.prompt, eb.target, eb.interference
+        FROM pairs p LEFT JOIN ends ea ON ea.fact_id = p.a LEFT JOIN ends eb ON eb.fact_id = p.b
+        ORDER BY least(coalesce(ea.interference, eb.interference), coalesce(eb.interference, ea.interference))
+                 DESC NULLS LAST, p.a, p.b
+        LIMIT {TOP_CONFLICTS}
+        """).fetchall()
+    return [{"a": {"fact_id": a, "prompt": pa_, "target": ta, "interference": ia},
+             "b": {"fact_id": b, "prompt": pb, "target": tb, "interference": ib},
+             "interference": min(x for x in (ia, ib, float("inf")) if x is not None)
+             if ia is not None or ib is not None else None}
+            for a, pa_, ta, ia, b, pb, tb, ib in rows]
+
+
+# --- artifacts -------------------------------------------------------------------------------------
+
+def list_artifacts(job_dir: Path) -> list[dict[str, Any]]:
+    """Files a job produced (run/ without its checkpoints, logs/), relative to the job folder."""
+    found = []
+    for sub in ("run", "logs"):
+        base = job_dir / sub
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            rel = path.relative_to(job_dir)
+            if (not path.is_file() or path.is_symlink() or "checkpoints" in rel.parts
+                    or any(part.startswith(".") for part in rel.parts)):
+                continue
+            found.append({"path": rel.as_posix(), "bytes": path.stat().st_size})
+    return found

@@ -1,0 +1,77 @@
+"""The job store's SQL: the schema migrations, and a job rendered as the API's JSON.
+
+``PRAGMA user_version`` holds how many migrations a database has had; ``Store.migrate`` applies the rest.
+"""
+
+from __future__ import annotations
+
+# Each entry moves the schema one version up; never edit one that shipped, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('raw', 'scored')),
+        name TEXT NOT NULL,
+        format TEXT,
+        path TEXT NOT NULL,
+        bytes INTEGER,
+        sha256 TEXT,
+        rows INTEGER,
+        source_dataset_id TEXT,
+        config_hash TEXT,
+        job_id TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX datasets_created ON datasets (created_at);
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        idempotency_key TEXT UNIQUE,
+        request_hash TEXT NOT NULL,
+        status TEXT NOT NULL,
+        stage TEXT,
+        progress REAL NOT NULL DEFAULT 0,
+        dataset_id TEXT NOT NULL REFERENCES datasets (id),
+        scored_dataset_id TEXT,
+        params TEXT NOT NULL,
+        error TEXT,
+        metrics TEXT,
+        artifacts TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        worker_id TEXT,
+        lease_token TEXT,
+        lease_expires_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX jobs_created ON jobs (created_at, id);
+    CREATE INDEX jobs_status ON jobs (status, created_at, id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL REFERENCES jobs (id),
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        data TEXT
+    );
+    CREATE INDEX events_job ON events (job_id, id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _iso(column: str) -> str:
+    return f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}, 'unixepoch')"
+
+
+# A job as the API shows it (``service.api.models.Job``), rendered by SQLite itself: listing jobs is
+# the hottest read, and this skips decoding and re-encoding every JSON column in Python.
+JOB_JSON = f"""json_object(
+    'id', id, 'idempotency_key', idempotency_key, 'status', status, 'stage', stage, 'progress', progress,
+    'dataset_id', dataset_id, 'scored_dataset_id', scored_dataset_id, 'params', json(params), 'error', error,
+    'metrics', json(metrics), 'artifacts', json(coalesce(artifacts, '[]')),
+    'cancel_requested', json(iif(cancel_requested, 'true', 'false')), 'attempts', attempts,
+    'worker_id', worker_id, 'created_at', {_iso('created_at')}, 'updated_at', {_iso('updated_at')},
+    'started_at', {_iso('started_at')}, 'finished_at', {_iso('finished_at')})"""
