@@ -105,7 +105,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "curate.json").write_text(json.dumps(result, indent=2))
-    print(f"| arm | wall s | CPU s | facts/s |\n|---|---|---|---|")
+    print("| arm | wall s | CPU s | facts/s |\n|---|---|---|---|")
     print(f"| bare model calls (load + generate + encode) | {bare['total_s']:.1f} | {bare['cpu_s']:.1f} | {result['bare_facts_per_s']:.1f} |")
     print(f"| beacon curate (whole pipeline) | {pipe['total_s']:.1f} | {pipe['cpu_s']:.1f} | {result['pipeline_facts_per_s']:.1f} |")
     print(f"\npipeline / bare = {result['ratio_pipeline_over_bare']:.2f}x wall, "

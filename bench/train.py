@@ -25,6 +25,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -48,21 +49,14 @@ def load_facts(path: Path, n: int, seed: int) -> list[dict]:
     return rows
 
 
-def run_arm(arm: str, args: argparse.Namespace) -> dict:
-    """One arm in this process; returns its timings and peak memory."""
-    import torch
+def lora_setup(args: argparse.Namespace, config: Any) -> tuple[Any, Any, list]:
+    """The same seeded base model + LoRA adapter and the same examples for every arm."""
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, set_seed
+    from transformers import set_seed
 
-    from trainer.config import TrainConfig
-    from trainer.data import ExampleDataset, WeightedCollator, build_examples
+    from trainer.data import build_examples
     from trainer.model_io import load_base
-    from trainer.train import training_arguments
-    from trainer.weighted_trainer import WeightedTrainer
 
-    config = TrainConfig(max_steps=args.steps, epochs=None, batch_size=args.batch_size, seed=args.seed,
-                         semantic_weight=0.1 if arm == "semantic" else 0.0, progress=False,
-                         logging_steps=max(args.steps, 1))
     set_seed(config.seed)
     model, tokenizer, _ = load_base("bundled:smollm2-135m-instruct")
     model.train()
@@ -71,6 +65,23 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
         target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM"))
     rows = load_facts(Path(args.data), args.facts, args.seed)
     examples = build_examples(rows, tokenizer, chat_template=False, add_eos=True, max_seq_len=256)
+    return model, tokenizer, examples
+
+
+def run_arm(arm: str, args: argparse.Namespace) -> dict:
+    """One arm in this process; returns its timings and peak memory."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback
+
+    from trainer.config import TrainConfig
+    from trainer.data import ExampleDataset, WeightedCollator
+    from trainer.train import training_arguments
+    from trainer.weighted_trainer import WeightedTrainer
+
+    config = TrainConfig(max_steps=args.steps, epochs=None, batch_size=args.batch_size, seed=args.seed,
+                         semantic_weight=0.1 if arm == "semantic" else 0.0, progress=False,
+                         logging_steps=max(args.steps, 1))
+    model, tokenizer, examples = lora_setup(args, config)
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
@@ -121,23 +132,14 @@ def run_paired(args: argparse.Namespace) -> dict:
     times is the loss path's own cost, whatever else the machine runs.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, set_seed
+    from transformers import DataCollatorForSeq2Seq
 
     from trainer.config import TrainConfig
-    from trainer.data import WeightedCollator, build_examples
+    from trainer.data import WeightedCollator
     from trainer.loss import weighted_loss
-    from trainer.model_io import load_base
 
     config = TrainConfig(max_steps=args.steps, epochs=None, batch_size=args.batch_size, seed=args.seed)
-    set_seed(config.seed)
-    model, tokenizer, _ = load_base("bundled:smollm2-135m-instruct")
-    model.train()
-    model = get_peft_model(model, LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM"))
-    rows = load_facts(Path(args.data), args.facts, args.seed)
-    examples = build_examples(rows, tokenizer, chat_template=False, add_eos=True, max_seq_len=256)
+    model, tokenizer, examples = lora_setup(args, config)
     plain_collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     weighted_collate = WeightedCollator(tokenizer.pad_token_id)
     times: dict[str, list[float]] = {"plain": [], "weighted": [], "semantic": []}
