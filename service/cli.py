@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 # Imported lazily so `beacon --help` does not pay for torch or Beam.
 COMMANDS = ["models", "curate", "train", "eval", "run", "serve", "worker"]
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # Beam warns about optional GCP clients at import; they are not needed for local runs.
     logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
+    # transformers 5 warns about its own renamed attribute on every model load; nothing to act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     for noisy in ("apache_beam", "transformers", "sentence_transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
