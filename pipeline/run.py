@@ -60,6 +60,30 @@ def _failed_to_rejected(stage: str):
     return convert
 
 
+def id_clashes_of(fact_id: str, records) -> list[tuple[str, str]]:
+    """(key, error) for each later record that reuses ``fact_id`` for another prompt or target.
+
+    A fact_id names one fact: the trainer's evaluation joins on it. Identical records that share an id
+    are not clashes; they are scored, and the later ones marked ``duplicate``.
+    """
+    first_order, first_key, prompt, target = min(records)
+    return [(key, f"fact_id {fact_id!r} is already used by an earlier record with prompt {prompt!r} "
+                  f"and target {target!r}; give each fact its own id")
+            for order, key, p, t in records if key != first_key and (p, t) != (prompt, target)]
+
+
+class _SplitIdClashes(beam.DoFn):
+    def process(self, element, clashes):
+        key, fact = element
+        if key in clashes:
+            yield beam.pvalue.TaggedOutput("rejected", {
+                "source": fact["source"], "position": int(fact["position"]), "stage": "validate",
+                "raw": truncate_raw(json.dumps({k: v for k, v in fact.items() if k != "order"}, default=str)),
+                "error": clashes[key]})
+        else:
+            yield element
+
+
 def _merge(key: str, grouped: dict, config_hash: str) -> tuple[str, dict]:
     fact = dict(grouped["fact"][0])
     fact.update(grouped["interference"][0])
@@ -74,6 +98,14 @@ def build(p: beam.Pipeline, specs: list[InputSpec], staging: str, config: Curate
     read = p | "ReadFacts" >> ReadFacts(specs, config)
     keyed = read["facts"] | "KeyFacts" >> beam.Map(
         lambda f: (_key(_order(spec_index, f)), {**f, "order": _order(spec_index, f)}))
+    id_clashes = (
+        keyed
+        | "ByFactId" >> beam.MapTuple(lambda k, f: (f["fact_id"], (f["order"], k, f["prompt"], f["target"])))
+        | "GroupFactIds" >> beam.GroupByKey()
+        | "FindIdClashes" >> beam.FlatMapTuple(id_clashes_of))
+    checked = keyed | "SplitIdClashes" >> beam.ParDo(
+        _SplitIdClashes(), beam.pvalue.AsDict(id_clashes)).with_outputs("rejected", main="facts")
+    keyed = checked["facts"]
     probe = keyed | "ProbeModel" >> ProbeModel(
         config.model, batch_size=config.probe_batch_size, max_new_tokens=config.probe_max_new_tokens,
         chat_template=config.chat_template)
@@ -108,7 +140,7 @@ def build(p: beam.Pipeline, specs: list[InputSpec], staging: str, config: Curate
         lambda k, f: (k, {n: v for n, v in f.items() if n not in _INTERNAL}))
 
     rejected = (
-        (read["rejected"],
+        (read["rejected"], checked["rejected"],
          probe["failed"] | "ProbeDeadLetters" >> beam.MapTuple(_failed_to_rejected("probe")),
          embed["failed"] | "EmbedDeadLetters" >> beam.MapTuple(_failed_to_rejected("embed")))
         | "AllRejected" >> beam.Flatten())

@@ -39,16 +39,18 @@ def test_layout_on_disk_and_explicit_schemas(curated):
 def test_every_record_is_scored_or_rejected_and_the_manifest_says_so(curated):
     manifest = Manifest.model_validate_json((curated / "manifest.json").read_text())
     c = manifest.counts
-    assert (c.input, c.scored, c.rejected) == (11, 8, 3)
+    assert (c.input, c.scored, c.rejected) == (12, 8, 4)
     assert c.input == c.scored + c.rejected
     assert c.by_reason == {"kept": 6, "duplicate": 1, "conflict": 1}
-    assert manifest.rejected_by_stage == {"parse": 2, "validate": 1}
+    assert manifest.rejected_by_stage == {"parse": 2, "validate": 2}
     assert set(manifest.quantiles) >= {"drift", "drift_sentence", "drift_lm", "drift_expected", "interference"}
     assert manifest.models["lm"].name == "bundled:smollm2-135m-instruct"
     assert manifest.config_hash == CurateConfig(probe_batch_size=4).config_hash()
     rejected = pq.read_table(curated / "rejected").to_pylist()
-    assert sorted(r["position"] for r in rejected) == [8, 9, 10]
+    assert sorted(r["position"] for r in rejected) == [8, 9, 10, 11]
     assert all(r["raw"] and r["error"] for r in rejected)
+    clash = next(r for r in rejected if r["position"] == 11)
+    assert "fact_id 'm01' is already used" in clash["error"] and "Cusco" in clash["raw"]
 
 
 def test_scores_and_decisions(curated):

@@ -133,3 +133,14 @@ def test_config_hash_ignores_batch_sizes_but_not_scores():
     base = CurateConfig()
     assert base.config_hash() == CurateConfig(probe_batch_size=4).config_hash()
     assert base.config_hash() != CurateConfig(conflict_threshold=0.97).config_hash()
+
+
+def test_a_reused_fact_id_with_other_content_is_a_clash_but_an_identical_copy_is_not():
+    from pipeline.run import id_clashes_of
+
+    records = [(2, "k2", "The capital of Peru is", "Cusco"), (0, "k0", "The capital of Japan is", "Tokyo"),
+               (5, "k5", "The capital of Japan is", "Tokyo")]
+    clashes = id_clashes_of("m01", records)
+    assert [key for key, _ in clashes] == ["k2"]
+    assert "m01" in clashes[0][1] and "Tokyo" in clashes[0][1]
+    assert id_clashes_of("m02", [(0, "k0", "p", "t")]) == []

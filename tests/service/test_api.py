@@ -86,7 +86,7 @@ def test_upload_streams_to_a_server_chosen_name(service: Service, client: httpx.
     assert r.status_code == 201, r.text
     body = r.json()
     assert re.fullmatch(r"dst_[0-9a-f]{16}", body["id"]) and r.headers["location"] == f"/datasets/{body['id']}"
-    assert (body["kind"], body["name"], body["format"], body["bytes"]) == ("raw", "evil.jsonl", "jsonl", 924)
+    assert (body["kind"], body["name"], body["format"], body["bytes"]) == ("raw", "evil.jsonl", "jsonl", MINI_FACTS.stat().st_size)
     assert (service.data_dir / "uploads" / f"{body['id']}.jsonl").read_bytes() == MINI_FACTS.read_bytes()
     assert not (service.root / "etc").exists()
     listed = client.get("/datasets", params={"kind": "raw"}).json()

@@ -132,7 +132,7 @@ def test_a_tiny_job_end_to_end(service: Service, client: httpx.Client, raw_id: s
     assert (dataset["kind"], dataset["rows"], dataset["source_dataset_id"]) == ("scored", 8, raw_id)
     stats = client.get(f"/datasets/{scored}/stats").json()
     assert stats["counts"]["by_reason"] == {"kept": 6, "duplicate": 1, "conflict": 1}
-    assert stats["counts"]["rejected"] == 3
+    assert stats["counts"]["rejected"] == 4
     assert {(p["a"]["fact_id"], p["b"]["fact_id"]) for p in stats["top_conflicts"]} == {("m02", "m04")}
     q = client.post(f"/datasets/{scored}/query", params={"job_id": job_id}, json={
         "sql": "select s.fact_id, s.reason, e.efficacy from scored s join eval e using (fact_id) order by 1"})
