@@ -52,12 +52,15 @@ def _key(order: int) -> str:
     return f"{order:016x}"
 
 
+def _rejected(fact: dict, stage: str, error: str) -> dict:
+    """A fact that failed after reading, as a dead letter (internal fields left out of ``raw``)."""
+    shown = {k: v for k, v in fact.items() if not k.startswith("emb_") and k != "order"}
+    return {"source": fact["source"], "position": int(fact["position"]), "stage": stage,
+            "raw": truncate_raw(json.dumps(shown, default=str)), "error": error}
+
+
 def _failed_to_rejected(stage: str):
-    def convert(key: str, fact: dict, error: str) -> dict:
-        shown = {k: v for k, v in fact.items() if not k.startswith("emb_")}
-        return {"source": fact["source"], "position": int(fact["position"]), "stage": stage,
-                "raw": truncate_raw(json.dumps(shown, default=str)), "error": error}
-    return convert
+    return lambda key, fact, error: _rejected(fact, stage, error)
 
 
 def id_clashes_of(fact_id: str, records) -> list[tuple[str, str]]:
@@ -76,10 +79,7 @@ class _SplitIdClashes(beam.DoFn):
     def process(self, element, clashes):
         key, fact = element
         if key in clashes:
-            yield beam.pvalue.TaggedOutput("rejected", {
-                "source": fact["source"], "position": int(fact["position"]), "stage": "validate",
-                "raw": truncate_raw(json.dumps({k: v for k, v in fact.items() if k != "order"}, default=str)),
-                "error": clashes[key]})
+            yield beam.pvalue.TaggedOutput("rejected", _rejected(fact, "validate", clashes[key]))
         else:
             yield element
 
