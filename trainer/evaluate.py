@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,89 +96,144 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
 def _score(model: Any, tokenizer: Any, facts: list[dict[str, Any]], config: EvalConfig, chat: bool,
            info: Any) -> dict[str, Any]:
     """Every per-fact number, base (adapter disabled) then fine-tuned."""
-    from trainer.lm_scores import (decode_answer, encode_pair, greedy_answers, score_targets,
-                                   token_agreement)
-
-    bs = config.batch_size
-    desc = (lambda s: s) if config.progress else (lambda s: None)
-    prompts = [f["prompt"] for f in facts]
-    targets = [f["target"] for f in facts]
-    budget = [len(encode_pair(tokenizer, p, t, chat_template=chat)[1]) + config.extra_new_tokens
-              for p, t in zip(prompts, targets)]
-    probe = int(_manifest_config(info).get("probe_max_new_tokens") or DEFAULT_PROBE_TOKENS)
-    gen_budget = [max(b, probe) for b in budget]
-
-    def probe_texts(answers: list[list[int]]) -> list[str]:  # answers as long as the pipeline's probe
-        return [decode_answer(tokenizer, a[:probe]) for a in answers]
-
-    para_owner = [i for i, f in enumerate(facts) for _ in (f.get("paraphrases") or [])]
-    para_prompts = [p for f in facts for p in (f.get("paraphrases") or [])]
-    loc_owner = [i for i, f in enumerate(facts) for _ in (f.get("locality") or [])]
-    loc_prompts = [lp["prompt"] for f in facts for lp in (f.get("locality") or [])]
-    # Compared span: the base model's answer over as many tokens as the recorded answer (its slot), or fixed.
-    loc_span = [config.locality_new_tokens or _answer_span(tokenizer, lp["prompt"], lp.get("answer"), chat)
-                for f in facts for lp in (f.get("locality") or [])]
-    loc_budget = [max(span, budget[i]) for span, i in zip(loc_span, loc_owner)]
-
+    plan = EvalPlan.build(tokenizer, facts, config, chat, info)
     with model.disable_adapter():
-        log.info("evaluating %d facts with the base model", len(facts))
-        base_ids = greedy_answers(model, tokenizer, prompts, gen_budget, bs, chat_template=chat,
-                                  desc=desc("base: answers"))
-        base = score_targets(model, tokenizer, prompts, targets, bs, chat_template=chat,
-                             desc=desc("base: target scores"))
-        loc_base = greedy_answers(model, tokenizer, loc_prompts, loc_budget, bs,
-                                  chat_template=chat, desc=desc("base: locality"))
-        drift_before = _answer_drift(model, tokenizer, prompts, probe_texts(base_ids), targets, base,
-                                     info, chat)
+        base = score_base(model, tokenizer, plan)
+    return score_after(model, tokenizer, plan, base)
 
+
+@dataclass
+class EvalPlan:
+    """What is evaluated for a list of facts: prompts, their answer budgets, paraphrase/locality prompts.
+
+    Built once; the base model is scored once (``score_base``) and every trained state against it
+    (``score_after``): ``beacon eval`` does it once, the knowledge benchmark at every budget.
+    """
+
+    facts: list[dict[str, Any]]
+    config: EvalConfig
+    chat: bool
+    info: Any
+    prompts: list[str]
+    targets: list[str]
+    budget: list[int]  # answer tokens compared for efficacy: target tokens + extra_new_tokens
+    probe: int  # answer tokens the pipeline's probe used (answer-based drift)
+    para_owner: list[int]
+    para_prompts: list[str]
+    loc_owner: list[int]
+    loc_prompts: list[str]
+    loc_span: list[int]  # base-answer tokens compared on each locality prompt
+
+    @classmethod
+    def build(cls, tokenizer: Any, facts: list[dict[str, Any]], config: EvalConfig, chat: bool,
+              info: Any) -> "EvalPlan":
+        from trainer.lm_scores import encode_pair
+
+        prompts = [f["prompt"] for f in facts]
+        targets = [f["target"] for f in facts]
+        # Compared span: the base model's answer over as many tokens as the recorded answer (its slot).
+        return cls(
+            facts=facts, config=config, chat=chat, info=info, prompts=prompts, targets=targets,
+            budget=[len(encode_pair(tokenizer, p, t, chat_template=chat)[1]) + config.extra_new_tokens
+                    for p, t in zip(prompts, targets)],
+            probe=int(_manifest_config(info).get("probe_max_new_tokens") or DEFAULT_PROBE_TOKENS),
+            para_owner=[i for i, f in enumerate(facts) for _ in (f.get("paraphrases") or [])],
+            para_prompts=[p for f in facts for p in (f.get("paraphrases") or [])],
+            loc_owner=[i for i, f in enumerate(facts) for _ in (f.get("locality") or [])],
+            loc_prompts=[lp["prompt"] for f in facts for lp in (f.get("locality") or [])],
+            loc_span=[config.locality_new_tokens or _answer_span(tokenizer, lp["prompt"], lp.get("answer"), chat)
+                      for f in facts for lp in (f.get("locality") or [])])
+
+    @property
+    def gen_budget(self) -> list[int]:  # long enough for both efficacy and the probe's answer
+        return [max(b, self.probe) for b in self.budget]
+
+    @property
+    def loc_budget(self) -> list[int]:
+        return [max(span, self.budget[i]) for span, i in zip(self.loc_span, self.loc_owner)]
+
+    def desc(self, label: str) -> str | None:
+        return label if self.config.progress else None
+
+    def probe_texts(self, tokenizer: Any, answers: list[list[int]]) -> list[str]:
+        from trainer.lm_scores import decode_answer
+
+        return [decode_answer(tokenizer, a[:self.probe]) for a in answers]
+
+
+def score_base(model: Any, tokenizer: Any, plan: EvalPlan) -> dict[str, Any]:
+    """The base model's answers, target scores, locality answers and drift (call with the adapter off)."""
+    from trainer.lm_scores import greedy_answers, score_targets
+
+    bs, chat = plan.config.batch_size, plan.chat
+    log.info("evaluating %d facts with the base model", len(plan.facts))
+    ids = greedy_answers(model, tokenizer, plan.prompts, plan.gen_budget, bs, chat_template=chat,
+                         desc=plan.desc("base: answers"))
+    scores = score_targets(model, tokenizer, plan.prompts, plan.targets, bs, chat_template=chat,
+                           desc=plan.desc("base: target scores"))
+    loc_ids = greedy_answers(model, tokenizer, plan.loc_prompts, plan.loc_budget, bs, chat_template=chat,
+                             desc=plan.desc("base: locality"))
+    drift = _answer_drift(model, tokenizer, plan.prompts, plan.probe_texts(tokenizer, ids), plan.targets,
+                          scores, plan.info, chat)
+    return {"ids": ids, "scores": scores, "loc_ids": loc_ids, "drift": drift}
+
+
+def score_after(model: Any, tokenizer: Any, plan: EvalPlan, base: dict[str, Any]) -> dict[str, Any]:
+    """Every per-fact eval column of the model as it is now, against ``score_base``'s numbers."""
+    from trainer.lm_scores import decode_answer, greedy_answers, score_targets, token_agreement
+
+    bs, chat, facts, targets = plan.config.batch_size, plan.chat, plan.facts, plan.targets
     log.info("evaluating %d facts with the adapter", len(facts))
-    ids = greedy_answers(model, tokenizer, prompts, gen_budget, bs, chat_template=chat, desc=desc("answers"))
-    after = score_targets(model, tokenizer, prompts, targets, bs, chat_template=chat,
-                          desc=desc("target scores"))
+    ids = greedy_answers(model, tokenizer, plan.prompts, plan.gen_budget, bs, chat_template=chat,
+                         desc=plan.desc("answers"))
+    after = score_targets(model, tokenizer, plan.prompts, targets, bs, chat_template=chat,
+                          desc=plan.desc("target scores"))
     gt_rows = [i for i, f in enumerate(facts) if f.get("ground_truth")]
-    gt = score_targets(model, tokenizer, [prompts[i] for i in gt_rows],
+    gt = score_targets(model, tokenizer, [plan.prompts[i] for i in gt_rows],
                        [facts[i]["ground_truth"] for i in gt_rows], bs, chat_template=chat,
-                       desc=desc("ground-truth scores"))["target_logprob"]
-    para_ids = greedy_answers(model, tokenizer, para_prompts, [budget[i] for i in para_owner], bs,
-                              chat_template=chat, desc=desc("paraphrases"))
-    loc_ids = greedy_answers(model, tokenizer, loc_prompts, loc_budget, bs, chat_template=chat,
-                             desc=desc("locality answers"))
-    agreement = token_agreement(model, tokenizer, loc_prompts, [a[:n] for a, n in zip(loc_base, loc_span)],
-                                bs, chat_template=chat, desc=desc("locality agreement"))
-    drift_after = _answer_drift(model, tokenizer, prompts, probe_texts(ids), targets, after, info, chat)
+                       desc=plan.desc("ground-truth scores"))["target_logprob"]
+    para_ids = greedy_answers(model, tokenizer, plan.para_prompts, [plan.budget[i] for i in plan.para_owner],
+                              bs, chat_template=chat, desc=plan.desc("paraphrases"))
+    loc_ids = greedy_answers(model, tokenizer, plan.loc_prompts, plan.loc_budget, bs, chat_template=chat,
+                             desc=plan.desc("locality answers"))
+    agreement = token_agreement(model, tokenizer, plan.loc_prompts,
+                                [a[:n] for a, n in zip(base["loc_ids"], plan.loc_span)], bs,
+                                chat_template=chat, desc=plan.desc("locality agreement"))
+    drift_after = _answer_drift(model, tokenizer, plan.prompts, plan.probe_texts(tokenizer, ids), targets,
+                                after, plan.info, chat)
 
     n = len(facts)
-    answer = [decode_answer(tokenizer, a[:b]) for a, b in zip(ids, budget)]
-    answer_before = [decode_answer(tokenizer, a[:b]) for a, b in zip(base_ids, budget)]
+    answer = [decode_answer(tokenizer, a[:b]) for a, b in zip(ids, plan.budget)]
+    answer_before = [decode_answer(tokenizer, a[:b]) for a, b in zip(base["ids"], plan.budget)]
     gt_logprob: list[float | None] = [None] * n
     efficacy_prob: list[bool | None] = [None] * n
     for j, i in enumerate(gt_rows):
         gt_logprob[i] = float(gt[j])
         efficacy_prob[i] = bool(after["target_logprob"][i] > gt[j])
     para_hits = [starts_with_target(decode_answer(tokenizer, a), targets[i])
-                 for a, i in zip(para_ids, para_owner)]
+                 for a, i in zip(para_ids, plan.para_owner)]
     # Bleed is a change: the locality prompt now answers with the target and did not before.
     bleed = [starts_with_target(decode_answer(tokenizer, a), targets[i])
              and not starts_with_target(decode_answer(tokenizer, b), targets[i])
-             for a, b, i in zip(loc_ids, loc_base, loc_owner)]
+             for a, b, i in zip(loc_ids, base["loc_ids"], plan.loc_owner)]
     return {
         "answer": answer,
         "answer_before": answer_before,
         "efficacy": [starts_with_target(a, t) for a, t in zip(answer, targets)],
         "efficacy_before": [starts_with_target(a, t) for a, t in zip(answer_before, targets)],
         "efficacy_prob": efficacy_prob,
-        "target_logprob_before": base["target_logprob"],
+        "target_logprob_before": base["scores"]["target_logprob"],
         "target_logprob_after": after["target_logprob"],
         "ground_truth_logprob_after": gt_logprob,
         "target_rank_after": after["target_rank"],
-        "paraphrase_count": _counts(para_owner, n),
-        "paraphrase": _per_fact(para_owner, para_hits, n),
-        "locality_count": _counts(loc_owner, n),
-        "locality": _per_fact(loc_owner, list(agreement), n),
-        "locality_bleed": _per_fact(loc_owner, bleed, n),
-        "drift_before": drift_before,
+        "paraphrase_count": _counts(plan.para_owner, n),
+        "paraphrase": _per_fact(plan.para_owner, para_hits, n),
+        "locality_count": _counts(plan.loc_owner, n),
+        "locality": _per_fact(plan.loc_owner, list(agreement), n),
+        "locality_bleed": _per_fact(plan.loc_owner, bleed, n),
+        "drift_before": base["drift"],
         "drift_after": drift_after,
-        "drift_expected_before": base["drift_expected"],
+        "drift_expected_before": base["scores"]["drift_expected"],
         "drift_expected_after": after["drift_expected"],
     }
 
