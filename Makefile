@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.beacon-setup
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench bench-knowledge clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ test: setup
 
 bench: setup
 	$(PY) bench/curate.py --data ../shared/data/counterfact-val.json --out bench/results
+
+# Which facts LoRA fails to learn and whether curation helps (BENCHMARKS.md): ~1 h on 2 CPU cores.
+bench-knowledge: setup
+	$(PY) bench/knowledge.py --data ../shared/data/counterfact-val.json --n 128 --budgets 40,60,80,100 \
+		--seeds 3 --jobs 2 --model bundled:smollm2-135m-instruct --out bench/results/knowledge-smollm2
 
 clean:
 	rm -rf out bench/results .pytest_cache
