@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 InputFormat = Literal["auto", "jsonl", "json", "parquet", "csv", "counterfact", "rome", "zsre"]
-DriftDefinition = Literal["sentence", "lm", "expected"]
+DriftDefinition = Literal["sentence", "lm", "expected", "rank"]
 Weighting = Literal["none", "drift", "inverse_drift"]
 ConflictAction = Literal["keep_first", "drop_all", "keep_all"]
 

@@ -1,12 +1,14 @@
-"""ScoreDrift: how far what the model says today is from the target, in three definitions.
+"""ScoreDrift: how far what the model says today is from the target, in four definitions.
 
 - ``sentence``: 1 - cos(E(answer), E(target)), E the sentence encoder, answer the words of the
   greedy answer in the target's slot (``pipeline.probe.answer_head``).
 - ``lm``: the same on the LM's mean input-token embeddings (computed in ProbeModel).
 - ``expected``: 1 - cos(sum_v p(v|prompt) E[v], E[target's first token]) in the LM's embedding
   space (computed in ProbeModel): smooth, and blind to junk greedy answers.
+- ``rank``: log(rank of the target's first token) / log(vocabulary size) (computed in ProbeModel):
+  how far down the model's own list the target starts.
 
-All three are written; ``drift`` holds the configured default.
+All four are written; ``drift`` holds the configured default.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
-DRIFT_COLUMNS = {"sentence": "drift_sentence", "lm": "drift_lm", "expected": "drift_expected"}
+DRIFT_COLUMNS = {"sentence": "drift_sentence", "lm": "drift_lm", "expected": "drift_expected",
+                 "rank": "drift_rank"}
 
 
 def cosine_drift(a: np.ndarray, b: np.ndarray) -> float:

@@ -116,6 +116,7 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
                 "target_logprob": float(scores["target_logprob"][i]),
                 "target_rank": int(scores["target_rank"][i]),
                 "drift_expected": float(scores["drift_expected"][i]),
+                "drift_rank": float(scores["drift_rank"][i]),
                 "drift_lm": float(drift_lm[i]),
             })
 
@@ -132,7 +133,7 @@ def lm_answer_drift(model: Any, tokenizer: Any, prompts: list[str], answers: lis
 
 class ProbeModel(beam.PTransform):
     """(key, fact) -> ``ok``: (key, fact + prediction, target_logprob, target_rank, drift_lm,
-    drift_expected); ``failed``: (key, fact, error) for facts of a batch that raised."""
+    drift_expected, drift_rank); ``failed``: (key, fact, error) for facts of a batch that raised."""
 
     def __init__(self, model: str, *, batch_size: int, max_new_tokens: int, chat_template: bool):
         super().__init__()

@@ -15,7 +15,7 @@ from apache_beam.transforms.stats import ApproximateQuantiles
 
 from schemas import REJECTED_SCHEMA, SCORED_SCHEMA
 
-SCORE_COLUMNS = ("drift", "drift_sentence", "drift_lm", "drift_expected", "target_logprob",
+SCORE_COLUMNS = ("drift", "drift_sentence", "drift_lm", "drift_expected", "drift_rank", "target_logprob",
                  "target_rank", "interference", "neighbors", "shared_target", "weight")
 STATS_FILE = "_stats.json"
 _QUANTILE_POINTS = 21  # every 5%

@@ -16,7 +16,7 @@ from schemas.fact import FACT_FIELDS, Fact
 Reason = Literal["kept", "duplicate", "conflict", "high_drift", "high_interference"]
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
 
-DRIFT_DEFINITIONS: tuple[str, ...] = ("sentence", "lm", "expected")
+DRIFT_DEFINITIONS: tuple[str, ...] = ("sentence", "lm", "expected", "rank")
 
 SCORED_FIELDS: list[pa.Field] = FACT_FIELDS + [
     pa.field("prediction", pa.string(), nullable=False),
@@ -24,6 +24,7 @@ SCORED_FIELDS: list[pa.Field] = FACT_FIELDS + [
     pa.field("drift_sentence", pa.float64(), nullable=False),
     pa.field("drift_lm", pa.float64(), nullable=False),
     pa.field("drift_expected", pa.float64(), nullable=False),
+    pa.field("drift_rank", pa.float64(), nullable=False),
     pa.field("target_logprob", pa.float64(), nullable=False),
     pa.field("target_rank", pa.int64(), nullable=False),
     pa.field("interference", pa.float64(), nullable=False),
@@ -49,6 +50,8 @@ class ScoredFact(Fact):
     drift_lm: float = Field(description="Same on the LM's mean input-token embeddings.")
     drift_expected: float = Field(
         description="1 - cos(sum_v p(v|prompt) E[v], E[first target token]) in the LM's embedding space.")
+    drift_rank: float = Field(ge=0.0, le=1.0, description="log(target_rank) / log(vocabulary size): "
+                                                          "0 = the model's top choice, 1 = its last.")
     target_logprob: float = Field(description="Mean log-probability of the target tokens (teacher forced).")
     target_rank: int = Field(ge=1, description="Rank of the target's first token in p(.|prompt); 1 = top.")
     interference: float = Field(description="Largest prompt cosine to a fact with a different target.")

@@ -241,8 +241,8 @@ def score_after(model: Any, tokenizer: Any, plan: EvalPlan, base: dict[str, Any]
 def _answer_drift(model: Any, tokenizer: Any, prompts: list[str], answers: list[str], targets: list[str],
                   scores: dict[str, np.ndarray], info: Any, chat: bool) -> np.ndarray:
     """Drift by the dataset's definition, computed as the pipeline computes it (before and after alike)."""
-    if info.drift_definition == "expected":
-        return scores["drift_expected"]
+    if info.drift_definition in ("expected", "rank"):  # teacher-forced scores, no decoding
+        return scores[f"drift_{info.drift_definition}"]
     # Answer-based drift: the pipeline's own functions (first line, the words in the target's slot).
     from pipeline.probe import answer_head, clean_answer, lm_answer_drift
 

@@ -8,6 +8,9 @@ so "drift after training" means what the dataset's drift meant:
 - ``drift_expected``: 1 - cos(sum_v p(v | prompt) E[v], E[first target token]), E the LM's input
   embedding matrix: how far the model's expected next token is from the target, smooth and immune to
   junk greedy answers.
+- ``drift_rank``: log(target_rank) / log(vocabulary size), in [0, 1]: 0 = the model's top choice,
+  1 = its last. How far down the model's own list the target starts; on CounterFact it predicts
+  "not learned yet" better than the embedding distances (BENCHMARKS.md, knowledge benchmark).
 - ``mean_embedding_distance`` (drift_lm): 1 - cos of the mean input embeddings of two texts.
 
 Tokenisation is part of the definition: the target is tokenised on its own, with a leading space after a
@@ -85,7 +88,8 @@ def _encode_pairs(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]
 def score_targets(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
                   batch_size: int = 16, *, chat_template: bool = False,
                   desc: str | None = None) -> dict[str, np.ndarray]:
-    """Teacher-forced target scores in one pass: ``target_logprob``, ``target_rank``, ``drift_expected``."""
+    """Teacher-forced target scores in one pass: ``target_logprob``, ``target_rank``, ``drift_rank``,
+    ``drift_expected``."""
     prompt_ids, target_ids = _encode_pairs(tokenizer, prompts, targets, chat_template)
     n = len(prompt_ids)
     out = {"target_logprob": np.zeros(n), "target_rank": np.zeros(n, dtype=np.int64),
@@ -95,7 +99,22 @@ def score_targets(model: Any, tokenizer: Any, prompts: Sequence[str], targets: S
         out["target_logprob"][i] = row["logprobs"].mean()
         out["target_rank"][i] = row["rank"]
         out["drift_expected"][i] = row["expected_distance"]
+    out["drift_rank"] = rank_drift(out["target_rank"], vocab_size(model))
     return out
+
+
+def rank_drift(rank: "np.ndarray | Sequence[int]", vocab: int) -> np.ndarray:
+    """log(rank) / log(vocab), clipped to [0, 1]: 0 when the target's first token is the top choice."""
+    if vocab < 2:
+        raise ValueError(f"vocabulary size must be >= 2, got {vocab}")
+    r = np.maximum(np.asarray(rank, dtype=float), 1.0)
+    return np.clip(np.log(r) / np.log(vocab), 0.0, 1.0)
+
+
+def vocab_size(model: Any) -> int:
+    """Rows of the LM's output layer: the number of tokens a rank can range over."""
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
 
 
 def target_logprob(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
@@ -223,7 +242,8 @@ def probe(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[
     twice. Results equal the two separate functions up to float rounding (tested).
 
     Returns:
-        ``{"answers": list[list[int]], "target_logprob", "target_rank", "drift_expected": np.ndarray}``
+        ``{"answers": list[list[int]], "target_logprob", "target_rank", "drift_rank",
+        "drift_expected": np.ndarray}``
     """
     import torch
 
@@ -251,6 +271,7 @@ def probe(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[
             for r, i in enumerate(batch):
                 out["target_logprob"][i] = float(np.mean(logps[r]))
             _probe_greedy(model, cache, mask, pos, last, batch, max_new_tokens, stops, out)
+    out["drift_rank"] = rank_drift(out["target_rank"], vocab_size(model))
     return out
 
 

@@ -34,7 +34,8 @@ def test_first_learned_takes_the_earliest_budget_and_marks_never():
 
 def _facts() -> list[dict]:
     drift = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-    return [{"fact_id": f"f{i}", "prompt": f"p{i}", "target": f"t{i}", "drift": d, "keep": i != 3,
+    return [{"fact_id": f"f{i}", "prompt": f"p{i}", "target": f"t{i}", "drift": d, "drift_expected": d,
+             "shared_target": 1 if i in (2, 5) else 0, "keep": i != 3,
              "weight": 0.0 if i == 3 else 1.5 if i == 0 else 1.0} for i, d in enumerate(drift)]
 
 
@@ -52,6 +53,8 @@ def test_arms_differ_only_in_what_they_name():
     repeat = knowledge.arm_rows("repeat", facts)
     extra = [r["fact_id"] for r in repeat[len(facts):]]
     assert extra == ["f6", "f7"]  # the hardest quarter by drift, once more in the pool
+    unique = knowledge.arm_rows("repeat_unique", facts)
+    assert [r["fact_id"] for r in unique[len(facts):]] == ["f0", "f1", "f3", "f4", "f6", "f7"]
     with pytest.raises(ValueError, match="unknown arm 'nope'"):
         knowledge.arm_rows("nope", facts)
 

@@ -30,4 +30,6 @@ def test_fused_probe_equals_separate_greedy_and_scoring(lm, batch_size):
     for key in ("target_logprob", "drift_expected"):
         np.testing.assert_allclose(fused[key], separate[key], atol=1e-4)
     np.testing.assert_array_equal(fused["target_rank"], separate["target_rank"])
+    np.testing.assert_array_equal(fused["drift_rank"], separate["drift_rank"])
     assert fused["target_rank"][0] == 1  # the model already says "Paris"
+    assert fused["drift_rank"][0] == 0.0

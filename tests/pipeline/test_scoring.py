@@ -35,8 +35,10 @@ def test_empty_answer_counts_as_far():
 
 def test_default_drift_column_follows_the_definition():
     e = _unit([1, 0])
-    fact = {"emb_answer": e, "emb_target": e, "answer_empty": False, "drift_lm": 0.7, "drift_expected": 0.2}
+    fact = {"emb_answer": e, "emb_target": e, "answer_empty": False, "drift_lm": 0.7, "drift_expected": 0.2,
+            "drift_rank": 0.4}
     assert with_drift(fact, "expected")["drift"] == 0.2
+    assert with_drift(fact, "rank")["drift"] == 0.4
     assert with_drift(fact, "lm")["drift"] == 0.7
     assert with_drift(fact, "sentence")["drift"] == pytest.approx(0.0, abs=1e-6)
 

@@ -17,7 +17,7 @@ FACT = dict(fact_id="f1", prompt="The capital of Freedonia is", target="Marlow",
             relation="capital", ground_truth="Fredonia City", paraphrases=["Freedonia's capital is"],
             locality=[{"prompt": "The capital of France is", "answer": "Paris"}], source="a.jsonl",
             position=0, meta={"origin": "test"})
-SCORED = dict(FACT, prediction="Paris", drift=0.3, drift_sentence=0.4, drift_lm=0.5, drift_expected=0.3,
+SCORED = dict(FACT, prediction="Paris", drift=0.3, drift_sentence=0.4, drift_lm=0.5, drift_expected=0.3, drift_rank=0.2,
               target_logprob=-3.2, target_rank=12, interference=0.42, neighbors=1, conflicts_with=["f9"],
               shared_target=2, duplicate_of=None, keep=True, reason="kept", weight=1.0, config_hash="abc")
 MANIFEST = Manifest(

@@ -98,7 +98,7 @@ def scored_rows() -> list[dict[str, Any]]:
     """Six scored facts: four kept, a duplicate, and a conflict pair (s1 / s4)."""
     base = {"subject": None, "relation": None, "ground_truth": None, "paraphrases": [], "locality": [],
             "source": "facts.jsonl", "meta": [], "prediction": "a testament", "drift_sentence": 0.5,
-            "drift_lm": 0.5, "drift_expected": 0.5, "target_logprob": -3.0, "target_rank": 5, "neighbors": 0,
+            "drift_lm": 0.5, "drift_expected": 0.5, "drift_rank": 0.15, "target_logprob": -3.0, "target_rank": 5, "neighbors": 0,
             "shared_target": 0, "duplicate_of": None, "config_hash": "cfg0"}
     specs = [  # fact_id, prompt, target, drift, interference, conflicts, reason
         ("s0", "The capital of Japan is", "Tokyo", 0.05, 0.10, [], "kept"),

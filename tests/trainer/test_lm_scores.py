@@ -44,6 +44,8 @@ def test_scores_match_a_direct_computation(lm) -> None:
         expected = torch.softmax(first, -1) @ emb
         cos = torch.cosine_similarity(expected, emb[t_ids[0]], dim=0).item()
         assert scores["drift_expected"][i] == pytest.approx(1 - cos, abs=1e-5)
+        rank = scores["target_rank"][i]
+        assert scores["drift_rank"][i] == pytest.approx(np.log(rank) / np.log(len(tok)), abs=1e-9)
     # Padding does not change a score: one at a time gives the same numbers.
     alone = score_targets(model, tok, PROMPTS, TARGETS, batch_size=1)
     for key in scores:
@@ -75,3 +77,11 @@ def test_mean_embedding_distance(lm) -> None:
     model, tok = lm
     d = mean_embedding_distance(model, tok, ["Rome", "", "Paris"], ["Rome", "Rome", "Rome"])
     assert d[0] == pytest.approx(0.0, abs=1e-6) and d[1] == 1.0 and 0 < d[2] <= 2
+
+
+def test_rank_drift_spans_zero_to_one() -> None:
+    from trainer.lm_scores import rank_drift
+
+    np.testing.assert_allclose(rank_drift([1, 10, 100, 1000], 1000), [0.0, 1 / 3, 2 / 3, 1.0])
+    with pytest.raises(ValueError, match="vocabulary size must be >= 2, got 1"):
+        rank_drift([1], 1)
