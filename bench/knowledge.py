@@ -18,8 +18,10 @@ and which pre-training scores predict the facts it fails to learn?
    - ``weighted``: every fact, loss weight from Beacon's drift weighting (``weighting: drift``).
    - ``curated``: Beacon's default policy, as ``beacon curate`` wrote it (keep + weight). A filtering
      arm is also evaluated at equal *epochs* (budget x kept / requested steps) as ``curated@epochs``.
-   - ``repeat``: every fact, weight 1; the hardest quarter by the dataset's ``drift`` is twice in the
+   - ``repeat``: every fact, weight 1; the hardest quarter by ``drift_expected`` is twice in the
      sampling pool (per-fact repetition by predicted difficulty, same total steps).
+   - ``repeat_unique``: every fact, weight 1; facts whose target no other fact shares
+     (``shared_target == 0``, the strongest predictor of "learned late") are twice in the pool.
    - ``semantic``: every fact, weight 1, plus the semantic auxiliary loss (``semantic_weight`` 0.1:
      1 - cos(sum_v p(v) E[v], E[target token]) at each target position, in the LM's embedding space).
 
@@ -57,7 +59,7 @@ sys.path.insert(0, str(REPO))
 
 log = logging.getLogger("bench.knowledge")
 
-ARMS = ("plain", "weighted", "curated", "repeat", "semantic")
+ARMS = ("plain", "weighted", "curated", "repeat", "repeat_unique", "semantic")
 SEMANTIC_WEIGHT = 0.1  # the semantic arm's auxiliary-loss weight (TrainConfig.semantic_weight)
 # Pre-training signals and their "harder" direction (+1: higher value = predicted harder to learn).
 SIGNALS = {
@@ -140,8 +142,10 @@ def arm_rows(arm: str, facts: list[dict]) -> list[dict]:
         mean = sum(raw) / len(raw)
         return [row(f, w / mean) for f, w in zip(facts, raw)]
     if arm == "repeat":
-        cut = np.quantile([f["drift"] for f in facts], 0.75)
-        return [row(f, 1.0) for f in facts] + [row(f, 1.0) for f in facts if f["drift"] > cut]
+        cut = np.quantile([f["drift_expected"] for f in facts], 0.75)
+        return [row(f, 1.0) for f in facts] + [row(f, 1.0) for f in facts if f["drift_expected"] > cut]
+    if arm == "repeat_unique":
+        return [row(f, 1.0) for f in facts] + [row(f, 1.0) for f in facts if f["shared_target"] == 0]
     raise ValueError(f"unknown arm {arm!r}; known: {', '.join(ARMS)}")
 
 
