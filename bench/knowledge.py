@@ -508,8 +508,11 @@ def main(argv: list[str] | None = None) -> int:
                      and arm_rows(a, facts) == arm_rows("plain", facts)]
     todo = [(arm, seed) for seed in range(args.seeds) for arm in args.arms
             if arm not in same_as_plain and not (out / "runs" / f"{arm}-{seed}.json").is_file()]
-    log.info("%d runs to do (%d cached), %d at a time", len(todo),
-             len(args.arms) * args.seeds - len(todo), args.jobs)
+    log.info("%d runs to do (%d cached, %d the same as plain's), %d at a time", len(todo),
+             (len(args.arms) - len(same_as_plain)) * args.seeds - len(todo), len(same_as_plain) * args.seeds,
+             args.jobs)
+    if same_as_plain:
+        log.info("%s train(s) exactly plain's rows: copied from plain, not rerun", ", ".join(same_as_plain))
 
     def child(job: tuple[str, int]) -> None:
         arm, seed = job

@@ -41,7 +41,8 @@ class CurateConfig(BaseModel):
 
     # --- scores ----------------------------------------------------------------------------------
     drift_definition: DriftDefinition = Field(
-        "expected", description="Which drift variant fills the `drift` column (all are written).")
+        "rank", description="Which drift variant fills the `drift` column (all are written); rank "
+                            "predicts best what LoRA fails to learn (BENCHMARKS.md).")
     neighbor_threshold: float = Field(0.9, ge=-1.0, le=1.0,
                                       description="Prompt cosine above which two facts are neighbours.")
     conflict_threshold: float = Field(0.95, ge=-1.0, le=1.0,
