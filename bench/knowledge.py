@@ -5,8 +5,8 @@ and which pre-training scores predict the facts it fails to learn?
         --budgets 40,80,120,160 --seeds 3 --model bundled:smollm2-135m-instruct --out bench/results/knowledge
 
 1. Sample ``--n`` records (``--sample-seed``) and curate them with ``beacon curate``'s defaults: every
-   signal (drift_sentence / drift_lm / drift_expected, target log-prob and rank, interference,
-   conflicts, shared targets) and the default policy (keep / reason / weight) come from the pipeline.
+   signal (drift_sentence / drift_lm / drift_expected, target log-prob and rank -- drift_rank is
+   monotone in target_rank, so it shares its AUC --, interference, conflicts, shared targets) and the default policy (keep / reason / weight) come from the pipeline.
 2. Score the base model once (``trainer.evaluate.score_base``): what every trained state is compared to.
 3. For every arm x seed, one LoRA run of ``max(budgets)`` optimizer steps; at each budget the model is
    evaluated as it is at that step (``trainer.evaluate.score_after``, the definitions ``beacon eval``
@@ -15,7 +15,8 @@ and which pre-training scores predict the facts it fails to learn?
    steps, seeds and formatting; only the thing an arm names differs:
 
    - ``plain``: every requested fact, weight 1.
-   - ``weighted``: every fact, loss weight from Beacon's drift weighting (``weighting: drift``).
+   - ``weighted``: every fact, loss weight from Beacon's drift weighting (``weighting: drift``) on
+     the dataset's ``drift`` column (its ``drift_definition``, recorded in the manifest).
    - ``curated``: Beacon's default policy, as ``beacon curate`` wrote it (keep + weight). A filtering
      arm is also evaluated at equal *epochs* (budget x kept / requested steps) as ``curated@epochs``.
    - ``repeat``: every fact, weight 1; the hardest quarter by ``drift_expected`` is twice in the
@@ -33,7 +34,8 @@ and which pre-training scores predict the facts it fails to learn?
 
 Writes ``OUT/results.json`` (per arm x budget x seed, and mean/sd), ``OUT/report.md`` (the tables for
 BENCHMARKS.md) and PNG plots (learning curves; plain accuracy by signal quartile). Runs are cached in
-``OUT/runs/``: rerunning with the same settings skips the runs already done.
+``OUT/runs/``: rerunning with the same settings skips the runs already done. What the runs on
+CounterFact found, and the exact commands: BENCHMARKS.md.
 """
 
 from __future__ import annotations
