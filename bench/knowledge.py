@@ -370,11 +370,7 @@ def plots(results: dict, runs: list[dict], facts: list[dict], args: argparse.Nam
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"{args.model}: {args.n} facts, {args.seeds} seeds (mean ± sd)")
-    fig.tight_layout()
-    path = out / "learning_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(str(path))
+    written.append(_save(plt, fig, out / "learning_curves.png"))
 
     signals = signal_values(facts)
     plain = [r for r in runs if r["arm"] == "plain"]
@@ -395,12 +391,15 @@ def plots(results: dict, runs: list[dict], facts: list[dict], args: argparse.Nam
     axes.flat[0].legend(fontsize=8)
     axes.flat[0].set_ylabel("plain LoRA efficacy")
     fig.suptitle(f"{args.model}: plain LoRA accuracy by quartile of each pre-training signal")
+    written.append(_save(plt, fig, out / "accuracy_by_quartile.png"))
+    return written
+
+
+def _save(plt: Any, fig: Any, path: Path) -> str:
     fig.tight_layout()
-    path = out / "accuracy_by_quartile.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(str(path))
-    return written
+    return str(path)
 
 
 def report(results: dict, args: argparse.Namespace) -> str:
