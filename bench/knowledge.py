@@ -41,7 +41,6 @@ CounterFact found, and the exact commands: BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -77,29 +76,16 @@ SUMMARY_METRICS = ("efficacy_all", "efficacy_trained", "efficacy_prob", "paraphr
 
 # --- 1. the facts and their scores -----------------------------------------------------------------
 
-def sample_lines(path: Path, n: int, seed: int) -> list[str]:
-    """``n`` records of a JSON array, JSON Lines, CSV or Parquet file (seeded sample) as JSON lines.
+def sample_lines(path: Path, n: int, seed: int, fmt: str = "auto") -> list[bytes]:
+    """``n`` records of any file ``beacon curate`` reads (seeded sample), each as one JSON line.
 
-    JSON Lines are sampled as raw lines, unparsed: a broken line reaches ``beacon curate`` and is
-    rejected there with its error, and counts as requested and not learned.
+    Read with the pipeline's own readers; JSON Lines are kept as raw lines, unparsed, so a broken
+    record reaches ``beacon curate`` and is rejected there with its error, and counts as requested
+    and not learned.
     """
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    from pipeline.read_facts import check_inputs, iter_payloads, payload_line
 
-        records = pq.read_table(path).to_pylist()
-    elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            records = list(csv.DictReader(f))
-    else:
-        text = path.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            records = json.loads(text)
-        else:
-            records = None
-            lines = [line for line in text.splitlines() if line.strip()]
-    if records is not None:
-        lines = [json.dumps(r, ensure_ascii=False, default=str) for r in records]
+    lines = [payload_line(p) for p in iter_payloads(check_inputs([str(path)], fmt)[0])]
     if len(lines) < n:
         raise ValueError(f"--n {n} but {path} has only {len(lines)} records")
     random.Random(seed).shuffle(lines)
@@ -116,9 +102,11 @@ def prepare(args: argparse.Namespace, out: Path) -> Path:
     from pipeline.run import curate
 
     sample = out / "facts.jsonl"
-    sample.write_text("".join(line + "\n" for line in sample_lines(Path(args.data), args.n, args.sample_seed)),
-                      encoding="utf-8")
-    config = CurateConfig(model=args.model, format=args.format)
+    sample.write_bytes(b"".join(line + b"\n" for line in
+                                sample_lines(Path(args.data), args.n, args.sample_seed, args.format)))
+    # The sample is JSON Lines whatever the input's container; a forced layout still applies.
+    config = CurateConfig(model=args.model, format="jsonl" if args.format in ("json", "csv", "parquet")
+                          else args.format)
     log.info("curating %d sampled facts with %s", args.n, args.model)
     manifest = curate([str(sample)], str(dataset), config)
     log.info("curated: %s", manifest.counts)
@@ -191,12 +179,12 @@ def base_scores(args: argparse.Namespace, out: Path, dataset: Path) -> Path:
 def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: Path, path: Path) -> None:
     """Train one arm with one seed and evaluate at every eval step; writes ``path`` (JSON)."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import TrainerCallback, set_seed
 
     from trainer.config import TrainConfig
     from trainer.data import ExampleDataset, WeightedCollator, build_examples
     from trainer.evaluate import score_after
+    from trainer.model_io import with_lora
     from trainer.train import training_arguments
     from trainer.weighted_trainer import WeightedTrainer
 
@@ -205,15 +193,12 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: P
     model, tokenizer, plan, facts = load_plan(dataset, args.model, args.eval_batch_size)
     base = pickle.loads((out / "base.pkl").read_bytes())
     rows = arm_rows(arm, facts)
-    eval_steps = eval_steps_of(args.budgets, len(rows), len(facts), arm, args.n)
+    eval_steps = eval_steps_of(args.budgets, len(rows), arm, args.n)
     config = TrainConfig(model=args.model, max_steps=max(eval_steps), epochs=None, seed=seed,
                          batch_size=args.batch_size, learning_rate=args.lr, lora_rank=args.lora_rank,
                          lora_alpha=2.0 * args.lora_rank, progress=False, logging_steps=10**6,
                          semantic_weight=SEMANTIC_WEIGHT if arm == "semantic" else 0.0)
-    model.train()
-    model = get_peft_model(model, LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM"))
+    model = with_lora(model, config)
     examples = build_examples(rows, tokenizer, chat_template=plan.chat, add_eos=config.add_eos,
                               max_seq_len=config.max_seq_len)
     record: dict[str, Any] = {"arm": arm, "seed": seed, "train_rows": len(rows),
@@ -250,12 +235,17 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: P
     os.replace(tmp, path)
 
 
-def eval_steps_of(budgets: list[int], rows: int, facts: int, arm: str, requested: int) -> list[int]:
+def eval_steps_of(budgets: list[int], rows: int, arm: str, requested: int) -> list[int]:
     """The budgets, and for an arm that trains fewer facts, the same budgets at equal epochs."""
     steps = set(budgets)
     if arm == "curated" and rows < requested:
-        steps |= {max(1, round(b * rows / requested)) for b in budgets}
+        steps |= {equal_epoch_step(b, rows, requested) for b in budgets}
     return sorted(steps)
+
+
+def equal_epoch_step(budget: int, rows: int, requested: int) -> int:
+    """The step at which ``rows`` training rows have had as many epochs as ``requested`` at ``budget``."""
+    return max(1, round(budget * rows / requested))
 
 
 # --- 3. aggregate ---------------------------------------------------------------------------------
@@ -282,7 +272,8 @@ def mean_sd(values: list[float | None]) -> dict[str, float | None]:
 def per_run_metrics(run: dict, step: int, fact_ids: list[str], requested: int) -> dict[str, float | None]:
     s = run["steps"][str(step)]
     eff = np.asarray(s["efficacy"], dtype=float)
-    trained = np.asarray([f in set(run["trained_ids"]) for f in fact_ids])
+    trained_ids = set(run["trained_ids"])
+    trained = np.asarray([f in trained_ids for f in fact_ids])
 
     def mean_of(name: str) -> float | None:
         v = [x for x in s[name] if x is not None]
@@ -301,10 +292,9 @@ def aggregate(runs: list[dict], facts: list[dict], args: argparse.Namespace) -> 
     per_seed: dict[str, dict[str, dict[str, list]]] = {}
     for run in runs:
         arm = run["arm"]
-        budgets = list(args.budgets)
-        names = [(arm, b, b) for b in budgets]
+        names = [(arm, b, b) for b in args.budgets]
         if arm == "curated" and run["train_rows"] < args.n:
-            names += [("curated@epochs", b, max(1, round(b * run["train_rows"] / args.n))) for b in budgets]
+            names += [("curated@epochs", b, equal_epoch_step(b, run["train_rows"], args.n)) for b in args.budgets]
         for name, budget, step in names:
             metrics = per_run_metrics(run, step, fact_ids, args.n)
             for m, v in metrics.items():

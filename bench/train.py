@@ -51,18 +51,14 @@ def load_facts(path: Path, n: int, seed: int) -> list[dict]:
 
 def lora_setup(args: argparse.Namespace, config: Any) -> tuple[Any, Any, list]:
     """The same seeded base model + LoRA adapter and the same examples for every arm."""
-    from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
     from trainer.data import build_examples
-    from trainer.model_io import load_base
+    from trainer.model_io import load_base, with_lora
 
     set_seed(config.seed)
     model, tokenizer, _ = load_base("bundled:smollm2-135m-instruct")
-    model.train()
-    model = get_peft_model(model, LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM"))
+    model = with_lora(model, config)
     rows = load_facts(Path(args.data), args.facts, args.seed)
     examples = build_examples(rows, tokenizer, chat_template=False, add_eos=True, max_seq_len=256)
     return model, tokenizer, examples

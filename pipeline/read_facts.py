@@ -137,11 +137,26 @@ class _ReadRecordsFn(beam.DoFn):
         self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_read")
 
     def process(self, spec: InputSpec) -> Iterator[tuple[int, int, Any]]:
-        reader = {"jsonl": _jsonl_records, "json": _json_records, "csv": _csv_records,
-                  "parquet": _parquet_records}[spec.container]
-        for position, payload in enumerate(reader(spec.path)):
+        for position, payload in enumerate(iter_payloads(spec)):
             self._read.inc()
             yield spec.source_index, position, payload
+
+
+def iter_payloads(spec: InputSpec) -> Iterator[Any]:
+    """The records of one checked file, undecoded: bytes for a JSON line, else the decoded value
+    (an unreadable CSV row or JSON value arrives as ``_Undecodable``, already judged)."""
+    reader = {"jsonl": _jsonl_records, "json": _json_records, "csv": _csv_records,
+              "parquet": _parquet_records}[spec.container]
+    return reader(spec.path)
+
+
+def payload_line(payload: Any) -> bytes:
+    """A payload as one JSON line that ``ReadFacts`` reads back to the same payload (or dead letter)."""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, _Undecodable):
+        return payload.raw.encode("utf-8", "backslashreplace")
+    return json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
 
 
 def _jsonl_records(path: str) -> Iterator[bytes]:

@@ -43,6 +43,16 @@ def load_trained(run_dir: str | Path, base_spec: str, *, device: str | None = No
     return model, tokenizer
 
 
+def with_lora(model: Any, config: Any) -> Any:
+    """``model`` in training mode with a fresh LoRA adapter as ``config`` (a TrainConfig) sets it."""
+    from peft import LoraConfig, get_peft_model
+
+    model.train()
+    return get_peft_model(model, LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM"))
+
+
 def default_device() -> str:
     import torch
 

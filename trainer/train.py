@@ -129,19 +129,15 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
 
     # --- 2. model, data, trainer --------------------------------------------------------------------
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import TrainerCallback, set_seed
 
     from trainer.data import ExampleDataset, WeightedCollator, build_examples
-    from trainer.model_io import load_base
+    from trainer.model_io import load_base, with_lora
     from trainer.weighted_trainer import WeightedTrainer
 
     set_seed(config.seed)
     model, tokenizer, base_path = load_base(config.model)
-    model.train()
-    model = get_peft_model(model, LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM"))
+    model = with_lora(model, config)
     examples = build_examples(rows, tokenizer, chat_template=bool(config.chat_template),
                               add_eos=config.add_eos, max_seq_len=config.max_seq_len,
                               use_weights=config.use_weights)

@@ -60,8 +60,8 @@ def test_arms_differ_only_in_what_they_name():
 
 
 def test_a_filtering_arm_is_also_evaluated_at_equal_epochs():
-    assert knowledge.eval_steps_of([40, 80], 100, 100, "plain", 100) == [40, 80]
-    assert knowledge.eval_steps_of([40, 80], 75, 100, "curated", 100) == [30, 40, 60, 80]
+    assert knowledge.eval_steps_of([40, 80], 100, "plain", 100) == [40, 80]
+    assert knowledge.eval_steps_of([40, 80], 75, "curated", 100) == [30, 40, 60, 80]
 
 
 def test_bad_arguments_are_named(capsys):

@@ -25,20 +25,6 @@ def service(tmp_path_factory) -> Service:
 
 
 @pytest.fixture(scope="module")
-def client(service: Service) -> httpx.Client:
-    with service.client() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def raw_id(client: httpx.Client) -> str:
-    with open(MINI_FACTS, "rb") as f:
-        r = client.post("/datasets", files={"file": ("mini_facts.jsonl", f)})
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
-
-
-@pytest.fixture(scope="module")
 def scored_id(service: Service) -> str:
     return seed_scored_dataset(service.data_dir)
 

@@ -15,7 +15,7 @@ import signal
 import httpx
 import pytest
 
-from service_fixtures import MINI_FACTS, Service, wait_for
+from service_fixtures import Service, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +26,6 @@ def service(tmp_path_factory) -> Service:
     svc.start_worker()
     yield svc
     svc.stop()
-
-
-@pytest.fixture(scope="module")
-def client(service: Service) -> httpx.Client:
-    with service.client() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def raw_id(client: httpx.Client) -> str:
-    r = client.post("/datasets", files={"file": ("mini_facts.jsonl", MINI_FACTS.read_bytes())})
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
 
 
 @pytest.fixture(scope="module")
