@@ -487,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
         raise SystemExit(f"{out} holds runs with other settings ({settings_path}); use another --out")
     settings_path.write_text(json.dumps(settings, indent=2))
-    dataset = prepare(args, out)
+    try:
+        dataset = prepare(args, out)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad --data / --n / --format: named
+        raise SystemExit(f"knowledge benchmark: {e}") from None
     base_scores(args, out, dataset)
 
     from trainer.data import read_scored
@@ -517,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("run %s seed %d done in %.0f s", arm, seed, time.perf_counter() - started)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for _ in pool.map(child, todo):
-            pass
+        list(pool.map(child, todo))  # re-raises the first failed run
 
     for arm in same_as_plain:
         for seed in range(args.seeds):
