@@ -33,9 +33,9 @@ def bare_calls(records: list[dict], config) -> dict:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.models import resolve_encoder, resolve_lm
-    from pipeline.probe import answer_head, clean_answer
-    from trainer.lm_scores import decode_answer, greedy_answers
+    from scoring.models import resolve_encoder, resolve_lm
+    from scoring.drift import answer_head, clean_answer
+    from scoring.lm_scores import decode_answer, greedy_answers
 
     started, cpu = time.perf_counter(), time.process_time()
     path = resolve_lm(config.model)
@@ -88,7 +88,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="beacon-bench-"))
     try:
         # Bare calls first, then the pipeline: the converted model is cached before either runs.
-        from pipeline.models import prepare_bundled
+        from scoring.models import prepare_bundled
         prepare_bundled()
         bare = bare_calls(records, config)
         pipe = pipeline_run(args.data, args.n, config, workdir)

@@ -78,7 +78,7 @@ def real_embeddings(records: list[dict], out: Path) -> np.ndarray:
             return emb
     from sentence_transformers import SentenceTransformer
 
-    from pipeline.models import resolve_encoder
+    from scoring.models import resolve_encoder
 
     encoder = SentenceTransformer(resolve_encoder("bundled:all-minilm-l6-v2"), device="cpu")
     emb = encoder.encode([r["prompt"] for r in records], batch_size=64, normalize_embeddings=True,

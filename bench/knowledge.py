@@ -95,7 +95,9 @@ def sample_lines(path: Path, n: int, seed: int, fmt: str = "auto") -> list[bytes
 def prepare(args: argparse.Namespace, out: Path) -> Path:
     """Sample ``n`` records and curate them with Beacon's defaults; returns the dataset folder."""
     dataset = out / "dataset"
-    if (dataset / "manifest.json").is_file():
+    from schemas import Manifest
+
+    if Manifest.exists_in(dataset):
         log.info("reusing the curated sample in %s", dataset)
         return dataset
     from pipeline.config import CurateConfig
@@ -116,7 +118,8 @@ def prepare(args: argparse.Namespace, out: Path) -> Path:
 def arm_rows(arm: str, facts: list[dict]) -> list[dict]:
     """The training rows (fact_id, prompt, target, weight) of an arm, repeated where the arm repeats."""
     from pipeline.config import CurateConfig
-    from pipeline.policy import quantile, raw_weight
+    from pipeline.policy import raw_weight
+    from pipeline.quantiles import quantile
 
     def row(f: dict, weight: float) -> dict:
         return {"fact_id": f["fact_id"], "prompt": f["prompt"], "target": f["target"], "weight": weight}
@@ -149,16 +152,16 @@ def signal_values(facts: list[dict]) -> dict[str, np.ndarray]:
 # --- 2. one arm x seed -------------------------------------------------------------------------------
 
 def load_plan(dataset: Path, model_spec: str, eval_batch_size: int) -> tuple[Any, Any, Any, list[dict]]:
+    from scoring.models import load_lm
     from trainer.config import EvalConfig
     from trainer.data import read_dataset_info, read_scored
     from trainer.evaluate import EvalPlan
-    from trainer.model_io import load_base
 
     info = read_dataset_info(dataset)
     facts = read_scored(dataset).to_pylist()
-    model, tokenizer, _ = load_base(model_spec)
+    model, tokenizer, _ = load_lm(model_spec)
     plan = EvalPlan.build(tokenizer, facts, EvalConfig(batch_size=eval_batch_size, progress=False),
-                          info.chat_template, info)
+                          info.scoring.chat_template, info.scoring)
     return model, tokenizer, plan, facts
 
 
@@ -179,17 +182,13 @@ def base_scores(args: argparse.Namespace, out: Path, dataset: Path) -> Path:
 def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: Path, path: Path) -> None:
     """Train one arm with one seed and evaluate at every eval step; writes ``path`` (JSON)."""
     import torch
-    from transformers import TrainerCallback, set_seed
+    from transformers import TrainerCallback
 
     from trainer.config import TrainConfig
-    from trainer.data import ExampleDataset, WeightedCollator, build_examples
     from trainer.evaluate import score_after
-    from trainer.model_io import with_lora
-    from trainer.train import training_arguments
-    from trainer.weighted_trainer import WeightedTrainer
+    from trainer.setup import build_trainer
 
     torch.set_num_threads(args.threads)
-    set_seed(seed)
     model, tokenizer, plan, facts = load_plan(dataset, args.model, args.eval_batch_size)
     base = pickle.loads((out / "base.pkl").read_bytes())
     rows = arm_rows(arm, facts)
@@ -197,10 +196,8 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: P
     config = TrainConfig(model=args.model, max_steps=max(eval_steps), epochs=None, seed=seed,
                          batch_size=args.batch_size, learning_rate=args.lr, lora_rank=args.lora_rank,
                          lora_alpha=2.0 * args.lora_rank, progress=False, logging_steps=10**6,
-                         semantic_weight=SEMANTIC_WEIGHT if arm == "semantic" else 0.0)
-    model = with_lora(model, config)
-    examples = build_examples(rows, tokenizer, chat_template=plan.chat, add_eos=config.add_eos,
-                              max_seq_len=config.max_seq_len)
+                         semantic_weight=SEMANTIC_WEIGHT if arm == "semantic" else 0.0,
+                         chat_template=plan.chat)
     record: dict[str, Any] = {"arm": arm, "seed": seed, "train_rows": len(rows),
                               "trained_ids": sorted({r["fact_id"] for r in rows}), "steps": {},
                               "eval_seconds": 0.0}
@@ -221,11 +218,9 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: P
             log.info("%s seed %d step %d: efficacy %.3f", arm, seed, state.global_step,
                      float(np.mean(cols["efficacy"])))
 
-    trainer = WeightedTrainer(
-        model=model, args=training_arguments(config, out / "tmp" / f"{arm}-{seed}", save_strategy="no"),
-        train_dataset=ExampleDataset(examples), data_collator=WeightedCollator(tokenizer.pad_token_id),
-        callbacks=[EvaluateAtBudgets()], loss_reduction=config.loss_reduction,
-        semantic_weight=config.semantic_weight)
+    # The product's own setup (seeded LoRA init, examples, weighted Trainer) on the loaded base model.
+    trainer = build_trainer(config, rows, out / "tmp" / f"{arm}-{seed}", base=(model, tokenizer),
+                            callbacks=[EvaluateAtBudgets()], save_strategy="no").trainer
     started = time.perf_counter()
     trainer.train()
     record["seconds"] = time.perf_counter() - started
@@ -529,9 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = [json.loads((out / "runs" / f"{arm}-{seed}.json").read_text())
             for arm in args.arms for seed in range(args.seeds)]
     results = aggregate(runs, facts, args)
-    manifest = json.loads((dataset / "manifest.json").read_text())
+    from schemas import Manifest
+
+    manifest = Manifest.read(dataset)
     results["settings"] = {**settings, "seeds": args.seeds, "arms": args.arms}
-    results["dataset"] = {"counts": manifest.get("counts"),
+    results["dataset"] = {"counts": manifest.counts.model_dump(),
                           "kept": sum(bool(f["keep"]) for f in facts),
                           "reasons": {r: sum(f["reason"] == r for f in facts) for r in {f["reason"] for f in facts}}}
     results["same_as_plain"] = same_as_plain

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 ARMS = ("plain", "weighted", "semantic")
+BASE_MODEL = "bundled:smollm2-135m-instruct"
 WARMUP_STEPS = 2  # not timed: first steps pay for allocator growth and lazy init
 
 
@@ -49,19 +50,13 @@ def load_facts(path: Path, n: int, seed: int) -> list[dict]:
     return rows
 
 
-def lora_setup(args: argparse.Namespace, config: Any) -> tuple[Any, Any, list]:
-    """The same seeded base model + LoRA adapter and the same examples for every arm."""
-    from transformers import set_seed
+def lora_setup(args: argparse.Namespace, config: Any, output_dir: Path, callbacks: list | None = None) -> Any:
+    """The product's own setup (``trainer.setup.build_trainer``): the same seeded base model + LoRA
+    adapter and the same examples for every arm, and Beacon's weighted Trainer."""
+    from trainer.setup import build_trainer
 
-    from trainer.data import build_examples
-    from trainer.model_io import load_base, with_lora
-
-    set_seed(config.seed)
-    model, tokenizer, _ = load_base("bundled:smollm2-135m-instruct")
-    model = with_lora(model, config)
     rows = load_facts(Path(args.data), args.facts, args.seed)
-    examples = build_examples(rows, tokenizer, chat_template=False, add_eos=True, max_seq_len=256)
-    return model, tokenizer, examples
+    return build_trainer(config, rows, output_dir, callbacks=callbacks, save_strategy="no")
 
 
 def run_arm(arm: str, args: argparse.Namespace) -> dict:
@@ -70,14 +65,11 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback
 
     from trainer.config import TrainConfig
-    from trainer.data import ExampleDataset, WeightedCollator
-    from trainer.train import training_arguments
-    from trainer.weighted_trainer import WeightedTrainer
+    from trainer.setup import training_arguments
 
     config = TrainConfig(max_steps=args.steps, epochs=None, batch_size=args.batch_size, seed=args.seed,
                          semantic_weight=0.1 if arm == "semantic" else 0.0, progress=False,
-                         logging_steps=max(args.steps, 1))
-    model, tokenizer, examples = lora_setup(args, config)
+                         logging_steps=max(args.steps, 1), model=BASE_MODEL, chat_template=False)
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
@@ -88,18 +80,13 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
-        if arm == "plain":
+        setup = lora_setup(args, config, Path(tmp), callbacks=[clock])
+        trainer = setup.trainer
+        if arm == "plain":  # the baseline: the same model and examples under stock HF Trainer + collator
             targs = training_arguments(config, Path(tmp), save_strategy="no", remove_unused_columns=True)
-            data = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
-            trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=[clock],
-                              data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
-        else:
-            targs = training_arguments(config, Path(tmp), save_strategy="no")
-            trainer = WeightedTrainer(model=model, args=targs, train_dataset=ExampleDataset(examples),
-                                      data_collator=WeightedCollator(tokenizer.pad_token_id),
-                                      callbacks=[clock],
-                                      loss_reduction=config.loss_reduction,
-                                      semantic_weight=config.semantic_weight)
+            data = [{"input_ids": e.input_ids, "labels": e.labels} for e in setup.examples]
+            trainer = Trainer(model=setup.model, args=targs, train_dataset=data, callbacks=[clock],
+                              data_collator=DataCollatorForSeq2Seq(setup.tokenizer, label_pad_token_id=-100))
         rss_before = _rss_mb()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -134,8 +121,11 @@ def run_paired(args: argparse.Namespace) -> dict:
     from trainer.data import WeightedCollator
     from trainer.loss import weighted_loss
 
-    config = TrainConfig(max_steps=args.steps, epochs=None, batch_size=args.batch_size, seed=args.seed)
-    model, tokenizer, examples = lora_setup(args, config)
+    config = TrainConfig(max_steps=args.steps, epochs=None, batch_size=args.batch_size, seed=args.seed,
+                         model=BASE_MODEL, chat_template=False)
+    tmp = tempfile.TemporaryDirectory()
+    setup = lora_setup(args, config, Path(tmp.name))
+    model, tokenizer, examples = setup.model, setup.tokenizer, setup.examples
     plain_collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     weighted_collate = WeightedCollator(tokenizer.pad_token_id)
     times: dict[str, list[float]] = {"plain": [], "weighted": [], "semantic": []}

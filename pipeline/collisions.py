@@ -8,8 +8,10 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipeline import METRICS_NS
+
 # Counted where the duplicates are found; the namespace every Beacon stage uses.
-_DUPLICATES = Metrics.counter("beacon", "collisions_duplicates")
+_DUPLICATES = Metrics.counter(METRICS_NS, "collisions_duplicates")
 
 
 def _shared_target(element):

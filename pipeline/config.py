@@ -1,16 +1,22 @@
-"""CurateConfig: every knob of ``beacon curate``, as a CLI flag and as a key of a config file."""
+"""CurateConfig: every knob of ``beacon curate``, as a CLI flag and as a key of a config file's
+``curate:`` section (read by ``schemas.config_file``, like every section).
+
+The scoring choices the trainer shares (model, encoder, chat template, probe length, drift definition)
+are defined once, in ``schemas.scoring.ScoringSpec``, which this config extends.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
+
+from schemas.config_file import ConfigSection
+from schemas.scoring import ScoringSpec
 
 InputFormat = Literal["auto", "jsonl", "json", "parquet", "csv", "counterfact", "rome", "zsre"]
-DriftDefinition = Literal["sentence", "lm", "expected", "rank"]
 Weighting = Literal["none", "drift", "inverse_drift"]
 ConflictAction = Literal["keep_first", "drop_all", "keep_all"]
 
@@ -19,30 +25,19 @@ ConflictAction = Literal["keep_first", "drop_all", "keep_all"]
 _NOT_HASHED = {"probe_batch_size", "embed_batch_size"}
 
 
-class CurateConfig(BaseModel):
+class CurateConfig(ConfigSection, ScoringSpec):
     """How facts are read, scored and kept. Defaults run offline on a laptop."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- input -----------------------------------------------------------------------------------
     format: InputFormat = Field("auto", description="Input layout; 'auto' detects it per file.")
     max_prompt_chars: int = Field(2000, gt=0, description="Longer prompts are rejected.")
     max_target_chars: int = Field(300, gt=0, description="Longer targets are rejected.")
 
-    # --- models ----------------------------------------------------------------------------------
-    model: str = Field("bundled:smollm2-135m-instruct",
-                       description="Base LM: 'bundled:<name>', a Hugging Face id or a local path.")
-    encoder: str = Field("bundled:all-minilm-l6-v2",
-                         description="Sentence encoder: 'bundled:<name>', a HF id or a local path.")
+    # --- models (model, encoder, chat_template, probe_max_new_tokens: ScoringSpec) ----------------
     probe_batch_size: int = Field(16, gt=0, description="Prompts per LM batch.")
-    probe_max_new_tokens: int = Field(8, gt=0, le=64, description="Greedy answer length in tokens.")
-    chat_template: bool = Field(False, description="Wrap prompts in the LM's chat template.")
     embed_batch_size: int = Field(64, gt=0, description="Texts per sentence-encoder batch.")
 
-    # --- scores ----------------------------------------------------------------------------------
-    drift_definition: DriftDefinition = Field(
-        "rank", description="Which drift variant fills the `drift` column (all are written); rank "
-                            "predicts best what LoRA fails to learn (BENCHMARKS.md).")
+    # --- scores (drift_definition: ScoringSpec) ----------------------------------------------------
     neighbor_threshold: float = Field(0.9, ge=-1.0, le=1.0,
                                       description="Prompt cosine above which two facts are neighbours.")
     conflict_threshold: float = Field(0.95, ge=-1.0, le=1.0,
@@ -84,48 +79,3 @@ class CurateConfig(BaseModel):
         """Hash of everything that changes a score or a decision."""
         data = {k: v for k, v in self.model_dump(mode="json").items() if k not in _NOT_HASHED}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurateConfig:
-    """Read a JSON/YAML config file (or none), then apply CLI overrides.
-
-    Raises:
-        ValueError: the file is missing, unreadable, or a key/value is invalid (named in the message).
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_config_file(path)
-        data = data.get("curate", data)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return CurateConfig(**data)
-    except ValidationError as e:
-        raise ValueError(f"invalid curate config: {_explain(e)}") from None
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A config file as a dict: JSON, or YAML when the name ends in .yaml/.yml."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
-        raise ValueError(f"config file {p} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {p} must hold a mapping of keys, got {type(data).__name__}")
-    return data
-
-
-def _explain(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-    return "; ".join(parts)

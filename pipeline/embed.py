@@ -6,13 +6,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline.models import resolve_encoder
-from pipeline.inference import METRICS_NS, KeyedInference
-from pipeline.probe import Progress, answer_head
+from pipeline import METRICS_NS
+from pipeline.inference import KeyedInference, Progress
+from scoring.drift import answer_head, encode_sentences
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +31,9 @@ class SentenceEncoderHandler(ModelHandler[dict, dict, Any]):
         self._progress = Progress("embed")
 
     def load_model(self) -> Any:
-        from sentence_transformers import SentenceTransformer
+        from scoring.models import load_encoder
 
-        return SentenceTransformer(resolve_encoder(self._model_spec), device="cpu")
+        return load_encoder(self._model_spec)
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
@@ -44,8 +43,7 @@ class SentenceEncoderHandler(ModelHandler[dict, dict, Any]):
         rows = [texts_of(fact) for fact in batch]
         # Targets repeat across facts (shared answers): encode each distinct text once.
         unique = sorted({t for row in rows for t in row})
-        vectors = model.encode(unique, batch_size=self._batch_size, normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        vectors = encode_sentences(model, unique, self._batch_size)
         index = {text: vectors[i] for i, text in enumerate(unique)}
         self._progress.add(len(batch))
         for fact, (prompt, target, answer) in zip(batch, rows):

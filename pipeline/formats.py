@@ -1,6 +1,8 @@
 """Record layouts: recognise one input record and turn it into a normalised Fact dict.
 
-Pure functions, no Beam, so every rule is unit-tested directly. Layouts:
+Pure functions, no Beam, so every rule is unit-tested directly. This module knows each layout's
+keys and quirks and maps them onto Fact fields; the rules every field follows whatever the layout
+(required, stripped, typed, within the length limits) are ``schemas.Fact``'s. Layouts:
 
 - ``plain``: Beacon's own (``prompt``, ``target``, optional ``fact_id``, ``subject``, ``relation``,
   ``ground_truth``, ``paraphrases``, ``locality``, ``meta``); any other key is kept in ``meta``.
@@ -20,15 +22,25 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+from pydantic import ValidationError
+
 from pipeline.config import CurateConfig
-from schemas.fact import stable_fact_id
+from schemas.fact import Fact
 
 LAYOUTS = ("plain", "counterfact", "rome", "zsre")
 
 # Keys of the plain layout that map onto Fact fields; every other key goes to ``meta``.
 _PLAIN_KEYS = {"fact_id", "prompt", "target", "subject", "relation", "ground_truth", "paraphrases",
                "locality", "meta"}
+_LOCALITY_KEYS = ("prompt", "answer")
 _REPR_MAX = 80
+# What a Fact field holding a value of the wrong shape should be given, for the message.
+_SHAPES = {"paraphrases": "a list of strings", "locality": "a list of {prompt, answer} objects",
+           "meta": "an object of strings"}
+
+# A converter returns the Fact fields it found (None: absent) and, for community layouts, the
+# source key of each field path, so that a message names the key the user actually wrote.
+Names = dict[str, str]
 
 
 class RecordError(Exception):
@@ -90,159 +102,144 @@ def to_fact(record: dict, *, layout: str, source: str, position: int,
         convert = _CONVERTERS[layout]
     except KeyError:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}") from None
-    fact = convert(record)
-    _check_length("prompt", fact["prompt"], config.max_prompt_chars, "max_prompt_chars")
-    _check_length("target", fact["target"], config.max_target_chars, "max_target_chars")
-    if not fact["fact_id"]:
-        fact["fact_id"] = stable_fact_id(fact["prompt"], fact["target"])
-    fact["source"] = source
-    fact["position"] = int(position)
-    return fact
+    fields, names = convert(record)
+    # Absent fields are left out, so that Fact applies its defaults or reports them missing.
+    data = {k: v for k, v in fields.items() if v is not None}
+    data.update(source=source, position=int(position))
+    limits = {"max_prompt_chars": config.max_prompt_chars, "max_target_chars": config.max_target_chars}
+    try:
+        return Fact.model_validate(data, context=limits).model_dump()
+    except ValidationError as e:
+        # One problem, the first in field order, as the hand-written checks used to report.
+        raise RecordError("validate", _describe(e.errors()[0], names)) from None
 
 
 # --- layouts ----------------------------------------------------------------------------------------
 
-def _from_plain(r: dict) -> dict:
-    meta = {str(k): _meta_value(v) for k, v in r.items() if k not in _PLAIN_KEYS and v is not None}
-    # A given ``meta`` wins over a loose key of the same name: it is the user's explicit choice.
-    meta.update(_meta_dict(r.get("meta")))
-    return _fact(
-        fact_id=_id_text("fact_id", r.get("fact_id")),
-        prompt=_required_text("prompt", r.get("prompt")),
-        target=_required_text("target", r.get("target")),
-        subject=_optional_text("subject", r.get("subject")),
-        relation=_optional_text("relation", r.get("relation")),
-        ground_truth=_optional_text("ground_truth", r.get("ground_truth")),
-        paraphrases=_text_list("paraphrases", r.get("paraphrases")),
-        locality=_locality_items("locality", r.get("locality")),
+def _from_plain(r: dict) -> tuple[dict, Names]:
+    meta = _meta_dict(r.get("meta"))
+    if isinstance(meta, dict):
+        # A given ``meta`` wins over a loose key of the same name: it is the user's explicit choice.
+        loose = {str(k): _meta_value(v) for k, v in r.items() if k not in _PLAIN_KEYS and v is not None}
+        meta = {**loose, **meta}
+    locality = _maybe_json("locality", r.get("locality"), "[")
+    if isinstance(locality, list):  # extra keys in an item (notes, ids) have no place in a Fact
+        locality = [{k: i[k] for k in _LOCALITY_KEYS if k in i} if isinstance(i, dict) else i
+                    for i in locality]
+    return dict(
+        fact_id=_as_text(r.get("fact_id")),
+        prompt=r.get("prompt"),
+        target=r.get("target"),
+        subject=_as_text(r.get("subject")),
+        relation=_as_text(r.get("relation")),
+        ground_truth=_as_text(r.get("ground_truth")),
+        paraphrases=_maybe_json("paraphrases", r.get("paraphrases"), "["),
+        locality=locality,
         meta=meta,
-    )
+    ), {}
 
 
-def _from_counterfact(r: dict) -> dict:
+def _from_counterfact(r: dict) -> tuple[dict, Names]:
     # KnowEdit names the paraphrase 'rephrase'; EasyEdit's CounterFact 'rephrase_prompt'.
-    rephrase_key = "rephrase_prompt" if "rephrase_prompt" in r else "rephrase"
+    rephrase = "rephrase_prompt" if "rephrase_prompt" in r else "rephrase"
+    truth = r.get("ground_truth")
     if isinstance(r.get("locality"), dict):
-        locality = _knowedit_locality(r["locality"])
+        locality, names = _knowedit_locality(r["locality"])
     else:
-        locality = _parallel_locality(r.get("locality_prompt"), r.get("locality_ground_truth"))
-    return _fact(
-        fact_id=_id_text("case_id", r.get("case_id")),
-        prompt=_required_text("prompt", r.get("prompt")),
-        target=_required_text("target_new", r.get("target_new")),
-        subject=_optional_text("subject", r.get("subject")),
-        relation=_optional_text("relation", r.get("relation")),
-        ground_truth=_first_text("ground_truth", r.get("ground_truth")),
-        paraphrases=_text_list(rephrase_key, r.get(rephrase_key), allow_single=True),
+        locality, names = _parallel_locality(r.get("locality_prompt"), r.get("locality_ground_truth"))
+    names.update({"fact_id": "case_id", "target": "target_new", "paraphrases": rephrase,
+                  "ground_truth": "ground_truth[0]" if isinstance(truth, list) else "ground_truth"})
+    return dict(
+        fact_id=_as_text(r.get("case_id")),
+        prompt=r.get("prompt"),
+        target=r.get("target_new"),
+        subject=_as_text(r.get("subject")),
+        relation=_as_text(r.get("relation")),
+        ground_truth=_as_text(_first(truth)),
+        paraphrases=_text_items(r.get(rephrase)),
         locality=locality,
         meta={"layout": "counterfact"},
-    )
+    ), names
 
 
-def _from_rome(r: dict) -> dict:
+def _from_rome(r: dict) -> tuple[dict, Names]:
     rw = r.get("requested_rewrite")
     if not isinstance(rw, dict):
         raise _invalid("requested_rewrite", rw, "must be an object with prompt, subject, target_new")
-    subject = _required_text("requested_rewrite.subject", rw.get("subject"))
-    template = _required_text("requested_rewrite.prompt", rw.get("prompt"))
-    if "{}" not in template:
-        raise _invalid("requested_rewrite.prompt", template,
-                       "must be a template with '{}' where the subject goes")
-    # str.replace, not str.format: a stray brace in a prompt must not break the record.
-    prompt = template.replace("{}", subject)
-    target = _required_text("requested_rewrite.target_new.str", _dict_get(rw, "target_new", "str"))
-    truth = _optional_text("requested_rewrite.target_true.str", _dict_get(rw, "target_true", "str"))
-    neighbours = _text_list("neighborhood_prompts", r.get("neighborhood_prompts"))
-    if neighbours and truth is None:
-        raise _invalid("requested_rewrite.target_true.str", None,
-                       "is needed as the answer of neighborhood_prompts")
-    return _fact(
-        fact_id=_id_text("case_id", r.get("case_id")),
+    prompt, subject = rw.get("prompt"), rw.get("subject")
+    if isinstance(prompt, str) and prompt.strip():  # a missing or mistyped one is left to Fact
+        if not isinstance(subject, str) or not subject.strip():
+            raise _invalid("requested_rewrite.subject", subject,
+                           "must be a non-empty string to fill the prompt's '{}'")
+        if "{}" not in prompt:
+            raise _invalid("requested_rewrite.prompt", prompt,
+                           "must be a template with '{}' where the subject goes")
+        # str.replace, not str.format: a stray brace in a prompt must not break the record.
+        prompt = prompt.replace("{}", subject.strip())
+    target, target_name = _rewrite_answer(rw, "target_new")
+    truth, truth_name = _rewrite_answer(rw, "target_true")
+    truth = _as_text(truth)
+    names = {"fact_id": "case_id", "prompt": "requested_rewrite.prompt", "target": target_name,
+             "subject": "requested_rewrite.subject", "relation": "requested_rewrite.relation_id",
+             "ground_truth": truth_name, "paraphrases": "paraphrase_prompts"}
+    neighbours = _maybe_json("neighborhood_prompts", r.get("neighborhood_prompts"), "[")
+    if neighbours is not None and not isinstance(neighbours, list):
+        raise _invalid("neighborhood_prompts", neighbours,
+                       f"must be a list of strings, not {type(neighbours).__name__}")
+    # ROME's neighbours are bare prompts answered by the true target; blank ones carry nothing.
+    kept = [i for i, p in enumerate(neighbours or []) if not (isinstance(p, str) and not p.strip())]
+    if kept and truth is None:
+        raise _invalid(truth_name, None, "is needed as the answer of neighborhood_prompts")
+    for n, i in enumerate(kept):
+        names.update(_item_names(n, f"neighborhood_prompts[{i}]", truth_name))
+    return dict(
+        fact_id=_as_text(r.get("case_id")),
         prompt=prompt,
         target=target,
         subject=subject,
-        relation=_optional_text("requested_rewrite.relation_id", rw.get("relation_id")),
+        relation=_as_text(rw.get("relation_id")),
         ground_truth=truth,
-        paraphrases=_text_list("paraphrase_prompts", r.get("paraphrase_prompts")),
-        locality=[{"prompt": p, "answer": truth} for p in neighbours],
+        paraphrases=_maybe_json("paraphrase_prompts", r.get("paraphrase_prompts"), "["),
+        locality=[{"prompt": neighbours[i], "answer": truth} for i in kept],
         meta={"layout": "rome"},
-    )
+    ), names
 
 
-def _from_zsre(r: dict) -> dict:
-    loc, loc_ans = r.get("loc"), r.get("loc_ans")
-    locality = []
-    if loc is not None or loc_ans is not None:
-        locality = [{"prompt": _required_text("loc", loc), "answer": _required_text("loc_ans", loc_ans)}]
-    return _fact(
-        fact_id=_id_text("case_id", r.get("case_id")),
-        prompt=_required_text("src", r.get("src")),
-        target=_required_text("alt", r.get("alt")),
-        subject=_optional_text("subject", r.get("subject")),
-        relation=None,
-        ground_truth=_first_text("answers", r.get("answers")),
-        paraphrases=_text_list("rephrase", r.get("rephrase"), allow_single=True),
-        locality=locality,
+def _from_zsre(r: dict) -> tuple[dict, Names]:
+    loc, loc_ans, answers = r.get("loc"), r.get("loc_ans"), r.get("answers")
+    names = {"fact_id": "case_id", "prompt": "src", "target": "alt", "paraphrases": "rephrase",
+             "ground_truth": "answers[0]" if isinstance(answers, list) else "answers",
+             **_item_names(0, "loc", "loc_ans")}
+    return dict(
+        fact_id=_as_text(r.get("case_id")),
+        prompt=r.get("src"),
+        target=r.get("alt"),
+        subject=_as_text(r.get("subject")),
+        ground_truth=_as_text(_first(answers)),
+        paraphrases=_text_items(r.get("rephrase")),
+        locality=[] if loc is None and loc_ans is None else [{"prompt": loc, "answer": loc_ans}],
         meta={"layout": "zsre"},
-    )
+    ), names
 
 
-_CONVERTERS: dict[str, Callable[[dict], dict]] = {
+_CONVERTERS: dict[str, Callable[[dict], tuple[dict, Names]]] = {
     "plain": _from_plain, "counterfact": _from_counterfact, "rome": _from_rome, "zsre": _from_zsre,
 }
 
 
-def _fact(*, fact_id, prompt, target, subject, relation, ground_truth, paraphrases, locality,
-          meta) -> dict:
-    # Field order follows FACT_SCHEMA; source and position are filled in by to_fact.
-    return {"fact_id": fact_id, "prompt": prompt, "target": target, "subject": subject,
-            "relation": relation, "ground_truth": ground_truth, "paraphrases": paraphrases,
-            "locality": locality, "source": None, "position": None, "meta": meta}
+# --- layout quirks ----------------------------------------------------------------------------------
+
+def _as_text(value: Any) -> Any:
+    # Ids and years (relation 'P17', case_id 7, a founding year) often arrive as numbers, and
+    # nothing is lost by writing them as text; anything else is left for Fact to judge.
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-# --- field checks -----------------------------------------------------------------------------------
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _REPR_MAX else text[:_REPR_MAX] + "…"
-
-
-def _invalid(field: str, value: Any, why: str) -> RecordError:
-    return RecordError("validate", f"{field} {why}, got {_show(value)}")
-
-
-def _required_text(field: str, value: Any) -> str:
-    if value is None:
-        raise RecordError("validate", f"{field} is missing; give it as a non-empty string")
-    if not isinstance(value, str):
-        raise _invalid(field, value, f"must be a string, not {type(value).__name__}")
-    text = value.strip()
-    if not text:
-        raise _invalid(field, value, "is empty")
-    return text
-
-
-def _optional_text(field: str, value: Any) -> str | None:
-    # Numbers are accepted and stringified: ids and years (relation 'P17', a founding year) often
-    # arrive as numbers, and nothing is lost by writing them as text.
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _invalid(field, value, f"must be a string, not {type(value).__name__}")
-    text = str(value).strip()
-    return text or None
-
-
-def _id_text(field: str, value: Any) -> str | None:
-    """A given id as text; None (or empty) means 'derive one from the content'."""
-    return _optional_text(field, value)
-
-
-def _first_text(field: str, value: Any) -> str | None:
-    """A string, or the first string of a list (zsRE ``answers``, KnowEdit ``ground_truth``)."""
-    if isinstance(value, list):
-        field, value = f"{field}[0]", (value[0] if value else None)
-    return _optional_text(field, value)
+def _first(value: Any) -> Any:
+    """The first of a list of answers, however nested (KnowEdit: [["Paris", "Paris, France"]])."""
+    while isinstance(value, list):
+        value = value[0] if value else None
+    return value
 
 
 def _maybe_json(field: str, value: Any, opener: str) -> Any:
@@ -255,69 +252,43 @@ def _maybe_json(field: str, value: Any, opener: str) -> Any:
     return value
 
 
-def _text_list(field: str, value: Any, *, allow_single: bool = False) -> list[str]:
-    """A list of non-empty strings; empty strings are dropped since they carry nothing.
+def _text_items(value: Any) -> Any:
+    """Community paraphrases: a list, a CSV cell's JSON list, or one bare string as the only item.
 
-    With ``allow_single`` (community layouts) a string is one item, and JSON text only when it
-    parses to a list: real CounterFact paraphrases start with '[' ("[page 34. ...").
+    JSON only when it parses to a list: real CounterFact paraphrases start with '[' ("[page 34. ...").
     """
-    if allow_single and isinstance(value, str):
-        try:
-            parsed = json.loads(value) if value.lstrip().startswith("[") else None
-        except json.JSONDecodeError:
-            parsed = None
-        value = parsed if isinstance(parsed, list) else [value]
-    value = _maybe_json(field, value, "[")
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _invalid(field, value, f"must be a list of strings, not {type(value).__name__}")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _invalid(f"{field}[{i}]", item, f"must be a string, not {type(item).__name__}")
-        if item.strip():
-            out.append(item.strip())
-    return out
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value) if value.lstrip().startswith("[") else None
+    except json.JSONDecodeError:
+        parsed = None
+    return parsed if isinstance(parsed, list) else [value]
 
 
-def _locality_items(field: str, value: Any) -> list[dict]:
-    value = _maybe_json(field, value, "[")
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _invalid(field, value, "must be a list of {prompt, answer} objects, "
-                                     f"not {type(value).__name__}")
-    items = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise _invalid(f"{field}[{i}]", item, "must be an object with prompt and answer")
-        items.append({"prompt": _required_text(f"{field}[{i}].prompt", item.get("prompt")),
-                      "answer": _required_text(f"{field}[{i}].answer", item.get("answer"))})
-    return items
-
-
-def _parallel_locality(prompts: Any, answers: Any) -> list[dict]:
+def _parallel_locality(prompts: Any, answers: Any) -> tuple[list, Names]:
     """CounterFact flat: ``locality_prompt`` and ``locality_ground_truth``, strings or lists."""
     if prompts is None and answers is None:
-        return []
+        return [], {}
     if isinstance(prompts, str) or isinstance(answers, str):
-        return [{"prompt": _required_text("locality_prompt", prompts),
-                 "answer": _first_text_required("locality_ground_truth", answers)}]
+        return ([{"prompt": prompts, "answer": _first(answers)}],
+                _item_names(0, "locality_prompt", "locality_ground_truth"))
     if not isinstance(prompts, list) or not isinstance(answers, list):
         raise _invalid("locality_prompt", prompts, "and locality_ground_truth must both be strings "
                                                    "or both lists")
     if len(prompts) != len(answers):
         raise RecordError("validate", f"locality_prompt has {len(prompts)} items but "
                                       f"locality_ground_truth has {len(answers)}; they must pair up")
-    return [{"prompt": _required_text(f"locality_prompt[{i}]", p),
-             "answer": _first_text_required(f"locality_ground_truth[{i}]", a)}
-            for i, (p, a) in enumerate(zip(prompts, answers))]
+    names: Names = {}
+    for i in range(len(prompts)):
+        names.update(_item_names(i, f"locality_prompt[{i}]", f"locality_ground_truth[{i}]"))
+    return [{"prompt": p, "answer": _first(a)} for p, a in zip(prompts, answers)], names
 
 
-def _knowedit_locality(groups: dict) -> list[dict]:
+def _knowedit_locality(groups: dict) -> tuple[list, Names]:
     """KnowEdit nests locality by kind: ``{kind: [{prompt, ground_truth}, ...] | {...}}``."""
-    items = []
+    items: list[dict] = []
+    names: Names = {}
     for kind, entries in groups.items():
         if isinstance(entries, dict):
             entries = [entries]
@@ -327,49 +298,81 @@ def _knowedit_locality(groups: dict) -> list[dict]:
             where = f"locality.{kind}[{i}]"
             if not isinstance(entry, dict):
                 raise _invalid(where, entry, "must be an object with prompt and ground_truth")
-            answer = entry.get("ground_truth", entry.get("answer"))
+            answer = _first(entry.get("ground_truth", entry.get("answer")))
             prompts = entry.get("prompt")
             # KnowEdit sometimes gives several prompts sharing one answer.
             for p in prompts if isinstance(prompts, list) else [prompts]:
-                items.append({"prompt": _required_text(f"{where}.prompt", p),
-                              "answer": _first_text_required(f"{where}.ground_truth", answer)})
-    return items
+                names.update(_item_names(len(items), f"{where}.prompt", f"{where}.ground_truth"))
+                items.append({"prompt": p, "answer": answer})
+    return items, names
 
 
-def _first_text_required(field: str, value: Any) -> str:
-    # KnowEdit answers can be nested lists of aliases: [["Paris", "Paris, France"]].
-    while isinstance(value, list) and value:
-        value = value[0]
-    return _required_text(field, value)
-
-
-def _dict_get(obj: dict, key: str, sub: str) -> Any:
-    inner = obj.get(key)
-    if inner is None:
-        return None
-    if isinstance(inner, str):  # some ROME exports flatten target_new to a plain string
-        return inner
-    if not isinstance(inner, dict):
-        raise _invalid(f"requested_rewrite.{key}", inner, f"must be an object with '{sub}'")
-    return inner.get(sub)
+def _rewrite_answer(rw: dict, key: str) -> tuple[Any, str]:
+    """A ROME answer ``{"str": ..., "id": ...}`` (some exports flatten it to the string), and its name."""
+    inner = rw.get(key)
+    if inner is None or isinstance(inner, dict):
+        return (inner or {}).get("str"), f"requested_rewrite.{key}.str"
+    return inner, f"requested_rewrite.{key}"
 
 
 def _meta_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _meta_dict(value: Any) -> dict[str, str]:
+def _meta_dict(value: Any) -> Any:
+    """A given ``meta`` as str -> str, or the value as it came when it is no object at all."""
     value = _maybe_json("meta", value, "{")
     if value is None:
         return {}
     if isinstance(value, list) and all(isinstance(i, (list, tuple)) and len(i) == 2 for i in value):
         value = dict(value)  # a Parquet map<string,string> (our own FACT_SCHEMA) reads as pairs
     if not isinstance(value, dict):
-        raise _invalid("meta", value, f"must be an object of strings, not {type(value).__name__}")
+        return value
     return {str(k): _meta_value(v) for k, v in value.items() if v is not None}
 
 
-def _check_length(field: str, text: str, limit: int, knob: str) -> None:
-    if len(text) > limit:
-        raise RecordError("validate", f"{field} is {len(text)} characters, above {knob}={limit}; "
-                                      f"shorten it or raise {knob} (starts {_show(text[:40])})")
+# --- messages ---------------------------------------------------------------------------------------
+
+def _item_names(n: int, prompt: str, answer: str) -> Names:
+    return {f"locality[{n}].prompt": prompt, f"locality[{n}].answer": answer}
+
+
+def _source_name(loc: tuple, names: Names) -> str:
+    """A pydantic location, ``('locality', 1, 'answer')``, as the record's own key for it."""
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    prefix = path
+    while prefix:  # the longest renamed prefix wins: 'paraphrases' names 'paraphrases[2]' too
+        if prefix in names:
+            return names[prefix] + path[len(prefix):]
+        prefix = prefix[:max(prefix.rfind("."), prefix.rfind("["), 0)]
+    return path
+
+
+def _describe(error: dict, names: Names) -> str:
+    """One pydantic error as '<field> <what is wrong>, got <value>', the field as the record names it."""
+    field = _source_name(error["loc"], names)
+    kind, value = error["type"], error["input"]
+    if kind == "missing" or value is None:  # the converters pass absent nested keys as None
+        return f"{field} is missing; give it as a non-empty string"
+    if kind == "too_long":
+        return f"{field} {error['msg']} (starts {_show(value.strip()[:40])})"
+    if kind == "string_type":
+        why = f"must be a string, not {type(value).__name__}"
+    elif kind == "string_too_short":
+        why = "is empty"
+    elif kind in ("list_type", "dict_type"):
+        why = f"must be {_SHAPES.get(str(error['loc'][0]), 'a list')}, not {type(value).__name__}"
+    elif kind == "model_type":
+        why = "must be an object with prompt and answer"
+    else:
+        why = f"is invalid ({error['msg']})"
+    return f"{field} {why}, got {_show(value)}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_MAX else text[:_REPR_MAX] + "…"
+
+
+def _invalid(field: str, value: Any, why: str) -> RecordError:
+    return RecordError("validate", f"{field} {why}, got {_show(value)}")

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-METRICS_NS = "beacon"
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """Logs how many facts a stage has done and how fast, at most every ``every`` seconds."""
+
+    def __init__(self, stage: str, every: float = 10.0):
+        self._stage, self._every = stage, every
+        self._done, self._started, self._last = 0, 0.0, 0.0
+
+    def add(self, n: int) -> None:
+        now = time.perf_counter()
+        if not self._started:
+            self._started = self._last = now
+        self._done += n
+        if now - self._last >= self._every:
+            self._last = now
+            rate = self._done / max(now - self._started, 1e-9)
+            log.info("%s: %d facts done (%.1f facts/s)", self._stage, self._done, rate)
 
 
 class KeyedInference(beam.PTransform):

@@ -25,9 +25,10 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
+from pipeline import METRICS_NS
+
 MAX_SPLIT_DEPTH = 16
 _ROW_BLOCK = 1024  # rows of a bucket scored at once: bounds memory for huge unsplittable buckets
-_NAMESPACE = "beacon"
 # Facts whose merged partials a scoring worker holds before emitting them (~200 bytes each). Below
 # the number of facts a bundle touches, the merge saves little: at 100k facts a 50k cap still
 # emitted 1.2M partials.
@@ -260,10 +261,10 @@ class _ScoreBuckets(beam.DoFn):
                  payload: str):
         self._bits, self._bands, self._seed, self._payload = bits, bands, seed, payload
         self._threshold, self._max_bucket = neighbor_threshold, max_bucket
-        self._pairs = Metrics.counter(_NAMESPACE, "interference_pairs_scored")
-        self._split = Metrics.counter(_NAMESPACE, "interference_buckets_split")
-        self._buckets = Metrics.counter(_NAMESPACE, "interference_buckets_scored")
-        self._emitted = Metrics.counter(_NAMESPACE, "interference_partials_emitted")
+        self._pairs = Metrics.counter(METRICS_NS, "interference_pairs_scored")
+        self._split = Metrics.counter(METRICS_NS, "interference_buckets_split")
+        self._buckets = Metrics.counter(METRICS_NS, "interference_buckets_scored")
+        self._emitted = Metrics.counter(METRICS_NS, "interference_partials_emitted")
 
     def setup(self):
         self._split_planes: dict[int, np.ndarray] = {}

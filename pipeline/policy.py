@@ -1,8 +1,8 @@
 """ApplyPolicy: keep or not, why, and with what loss weight.
 
-Thresholds are absolute or quantiles; quantiles are computed inside the pipeline over all scored
-rows (Beam's ApproximateQuantiles, exact at small sizes), never guessed. Weights are normalised to
-mean 1 over kept rows; rows not kept weigh 0.
+Thresholds are absolute or quantiles; quantiles come from the graph's one ``ScoreQuantiles`` over
+all scored rows (never guessed). Weights are normalised to mean 1 over kept rows; rows not kept
+weigh 0.
 """
 
 from __future__ import annotations
@@ -10,24 +10,17 @@ from __future__ import annotations
 import math
 
 import apache_beam as beam
-from apache_beam.transforms.stats import ApproximateQuantiles
 
 from pipeline.config import CurateConfig
+from pipeline.quantiles import quantile
 
-QUANTILE_STEPS = 1000  # quantiles at every 0.1%
 _DRIFT_FLOOR = 1e-3  # keeps drift weights finite for facts the model already says
+POLICY_SCORES = ("drift", "interference")  # the quantiles the policy needs
 
 
-def quantile(points: list[float], q: float) -> float | None:
-    """The q-quantile from ``QUANTILE_STEPS + 1`` evenly spaced quantile points (None if empty)."""
-    if not points:
-        return None
-    return float(points[min(len(points) - 1, round(q * (len(points) - 1)))])
-
-
-def resolve_thresholds(config: CurateConfig, drift_points: list[float],
-                       interference_points: list[float]) -> dict[str, float | None]:
+def resolve_thresholds(config: CurateConfig, quantiles: dict[str, list[float]]) -> dict[str, float | None]:
     """Absolute thresholds for this run, quantile settings resolved on the data."""
+    drift_points, interference_points = quantiles.get("drift", []), quantiles.get("interference", [])
     max_drift = config.max_drift
     if config.max_drift_quantile is not None:
         max_drift = quantile(drift_points, config.max_drift_quantile)
@@ -77,22 +70,20 @@ def _normalised(fact: dict, mean_raw: float) -> dict:
 
 
 class ApplyPolicy(beam.PTransform):
-    """(key, scored fact) -> ``scored``: (key, fact + keep, reason, weight); ``thresholds``: one dict."""
+    """``{facts: (key, scored fact), quantiles: (score, points)}`` -> ``scored``: (key, fact + keep,
+    reason, weight); ``thresholds``: one dict."""
 
     def __init__(self, config: CurateConfig):
         super().__init__()
         self._config = config
 
-    def expand(self, facts):
-        config = self._config
-        drift_q = (facts | "DriftValues" >> beam.MapTuple(lambda _, f: f["drift"])
-                   | "DriftQuantiles" >> ApproximateQuantiles.Globally(QUANTILE_STEPS + 1))
-        interference_q = (facts | "InterferenceValues" >> beam.MapTuple(lambda _, f: f["interference"])
-                          | "InterferenceQuantiles" >> ApproximateQuantiles.Globally(QUANTILE_STEPS + 1))
+    def expand(self, inputs):
+        config, facts = self._config, inputs["facts"]
         thresholds = (
-            drift_q
+            facts.pipeline
+            | "ThresholdsTrigger" >> beam.Create([None])
             | "ResolveThresholds" >> beam.Map(
-                lambda d, i: resolve_thresholds(config, d, i), beam.pvalue.AsSingleton(interference_q)))
+                lambda _, q: resolve_thresholds(config, q), beam.pvalue.AsDict(inputs["quantiles"])))
         decided = facts | "Decide" >> beam.Map(
             lambda kv, t: (kv[0], _decided(kv[1], config, t)), beam.pvalue.AsSingleton(thresholds))
         mean_raw = (decided

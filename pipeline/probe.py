@@ -13,51 +13,15 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline.inference import METRICS_NS, KeyedInference
-from pipeline.models import resolve_lm
-from trainer.lm_scores import decode_answer, mean_embedding_distance, probe
+from pipeline import METRICS_NS
+from pipeline.inference import KeyedInference, Progress
+from scoring.drift import clean_answer, lm_answer_drift
+from scoring.lm_scores import decode_answer, probe
 
 log = logging.getLogger(__name__)
-
-
-class Progress:
-    """Logs how many facts a stage has done and how fast, at most every ``every`` seconds."""
-
-    def __init__(self, stage: str, every: float = 10.0):
-        self._stage, self._every = stage, every
-        self._done, self._started, self._last = 0, 0.0, 0.0
-
-    def add(self, n: int) -> None:
-        now = time.perf_counter()
-        if not self._started:
-            self._started = self._last = now
-        self._done += n
-        if now - self._last >= self._every:
-            self._last = now
-            rate = self._done / max(now - self._started, 1e-9)
-            log.info("%s: %d facts done (%.1f facts/s)", self._stage, self._done, rate)
-
-
-def clean_answer(text: str) -> str:
-    """The first line of a generated continuation, stripped."""
-    return text.strip().split("\n", 1)[0].strip()
-
-
-_EDGE_PUNCT = ".,;:!?\"'()[]"
-
-
-def answer_head(prediction: str, target: str) -> str:
-    """The words of the answer that stand in the target's slot: as many as the target has.
-
-    The base model rambles ("French. She is a Canadian artist who"); answer-based drift compares
-    what it says *in place of the target* ("French") with the target, not a phrase with a word.
-    """
-    words = [w.strip(_EDGE_PUNCT) for w in prediction.split()[:max(1, len(target.split()))]]
-    return " ".join(w for w in words if w)
 
 
 class LoadedLM:
@@ -81,16 +45,10 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
         self._progress = Progress("probe")
 
     def load_model(self) -> LoadedLM:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from scoring.models import load_lm
 
-        path = resolve_lm(self._model_spec)
         started = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        model.eval()
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        model, tokenizer, path = load_lm(self._model_spec)
         log.info("loaded LM %s in %.1fs", path, time.perf_counter() - started)
         return LoadedLM(model, tokenizer)
 
@@ -108,7 +66,7 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
         # One prefill per prompt serves both the greedy answer and the teacher-forced target scores.
         scores = probe(lm, tokenizer, prompts, targets, self._max_new_tokens, n, chat_template=chat)
         answers = [clean_answer(decode_answer(tokenizer, ids)) for ids in scores["answers"]]
-        drift_lm = lm_answer_drift(lm, tokenizer, prompts, answers, targets)
+        drift_lm = lm_answer_drift(lm, tokenizer, answers, targets)
         self._progress.add(len(batch))
         for i, fact in enumerate(batch):
             yield PredictionResult(fact, {
@@ -122,13 +80,6 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NS
-
-
-def lm_answer_drift(model: Any, tokenizer: Any, prompts: list[str], answers: list[str],
-                    targets: list[str]) -> np.ndarray:
-    """1 - cos of the LM's mean input-token embeddings of the answer (in the target's slot) and target."""
-    heads = [answer_head(answer, target) for answer, target in zip(answers, targets)]
-    return mean_embedding_distance(model, tokenizer, heads, targets)
 
 
 class ProbeModel(beam.PTransform):

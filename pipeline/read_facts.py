@@ -34,11 +34,11 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import METRICS_NS
 from pipeline.config import CurateConfig
 from pipeline.formats import RecordError, detect_layout, to_fact
 from schemas.rejected import truncate_raw
 
-METRICS_NAMESPACE = "beacon"
 CONTAINERS = ("jsonl", "json", "parquet", "csv")
 _FORCED_LAYOUTS = ("counterfact", "rome", "zsre")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
@@ -134,7 +134,7 @@ class _ReadRecordsFn(beam.DoFn):
     """
 
     def __init__(self):
-        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_read")
+        self._read = beam.metrics.Metrics.counter(METRICS_NS, "records_read")
 
     def process(self, spec: InputSpec) -> Iterator[tuple[int, int, Any]]:
         for position, payload in enumerate(iter_payloads(spec)):
@@ -246,8 +246,8 @@ class _ParseRecordFn(beam.DoFn):
     def __init__(self, specs: list[InputSpec], config: CurateConfig):
         self._specs = {s.source_index: s for s in specs}
         self._config = config
-        self._rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_rejected")
-        self._valid = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_valid")
+        self._rejected = beam.metrics.Metrics.counter(METRICS_NS, "records_rejected")
+        self._valid = beam.metrics.Metrics.counter(METRICS_NS, "records_valid")
 
     def process(self, element: tuple[int, int, Any]):
         source_index, position, payload = element
@@ -259,7 +259,7 @@ class _ParseRecordFn(beam.DoFn):
                            config=self._config)
         except RecordError as e:
             self._rejected.inc()
-            beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"rejected_{e.stage}").inc()
+            beam.metrics.Metrics.counter(METRICS_NS, f"rejected_{e.stage}").inc()
             yield beam.pvalue.TaggedOutput("rejected", {
                 "source": spec.path, "position": position, "raw": _raw_text(payload),
                 "stage": e.stage, "error": e.message})

@@ -1,19 +1,21 @@
 """Data contracts shared by the pipeline, the trainer and the service.
 
 Each record has one pyarrow schema (what is written to disk) and one pydantic model (what code and
-the API validate against); ``tests/schemas`` proves every pair agrees.
+the API validate against); ``tests/schemas`` proves every pair agrees. ``scoring`` holds what a
+dataset's scores mean (drift definitions, the default models), ``config_file`` the config-file
+sections every command shares. Imports nothing of Beacon's.
 """
 
 from schemas.fact import FACT_SCHEMA, Fact, LocalityPrompt
-from schemas.manifest import MANIFEST_SCHEMA, Counts, Manifest
+from schemas.manifest import Counts, Manifest
 from schemas.rejected import REJECTED_SCHEMA, Rejected
 from schemas.scored import REASONS, SCORED_SCHEMA, ScoredFact
+from schemas.scoring import DRIFT_COLUMNS, DRIFT_DEFINITIONS, DriftDefinition, ScoringSpec
 
 __all__ = [
     "FACT_SCHEMA",
     "Fact",
     "LocalityPrompt",
-    "MANIFEST_SCHEMA",
     "Counts",
     "Manifest",
     "REJECTED_SCHEMA",
@@ -21,4 +23,8 @@ __all__ = [
     "REASONS",
     "SCORED_SCHEMA",
     "ScoredFact",
+    "DRIFT_COLUMNS",
+    "DRIFT_DEFINITIONS",
+    "DriftDefinition",
+    "ScoringSpec",
 ]

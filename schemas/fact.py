@@ -1,11 +1,19 @@
-"""Fact: one normalised input record, whatever layout it was read from."""
+"""Fact: one normalised input record, whatever layout it was read from.
+
+The ``Fact`` model holds the field rules every layout shares (required text, optional text, lists of
+text, locality pairs, the meta map, length limits); ``pipeline.formats`` only maps each layout's keys
+onto these fields and hands the result to ``Fact.model_validate``.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from typing import Annotated, Optional
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints,
+                      ValidationInfo, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 LOCALITY_TYPE = pa.struct([pa.field("prompt", pa.string(), nullable=False),
                            pa.field("answer", pa.string(), nullable=False)])
@@ -25,30 +33,60 @@ FACT_FIELDS: list[pa.Field] = [
 ]
 FACT_SCHEMA = pa.schema(FACT_FIELDS)
 
+# Strict: bytes or numbers are not silently turned into text; surrounding whitespace carries nothing.
+_Stripped = Annotated[str, StringConstraints(strict=True, strip_whitespace=True)]
+Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]
+# Blank optional text is the same as none given.
+OptionalText = Annotated[Optional[_Stripped], AfterValidator(lambda text: text or None)]
+# Blank items are dropped rather than rejected: an empty paraphrase teaches nothing.
+TextList = Annotated[list[_Stripped], AfterValidator(lambda items: [i for i in items if i])]
+
 
 class LocalityPrompt(BaseModel):
     """A prompt whose answer the edit must not change."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt: str
-    answer: str
+    prompt: Text
+    answer: Text
 
 
 class Fact(BaseModel):
-    """A fact to teach: the model should answer ``target`` after ``prompt``."""
+    """A fact to teach: the model should answer ``target`` after ``prompt``.
+
+    Validate with ``context={"max_prompt_chars": N, "max_target_chars": M}`` to enforce the curate
+    config's length limits; without a context no limit applies (rows already curated are trusted).
+    """
 
     model_config = ConfigDict(extra="forbid")
-    fact_id: str = Field(description="Given by the input, or a stable hash of prompt and target.")
-    prompt: str = Field(min_length=1)
-    target: str = Field(min_length=1)
-    subject: str | None = None
-    relation: str | None = None
-    ground_truth: str | None = Field(None, description="What is true today, when the input says.")
-    paraphrases: list[str] = Field(default_factory=list)
+    fact_id: _Stripped = Field("", description="Given by the input, or a stable hash of prompt and target.")
+    prompt: Text
+    target: Text
+    subject: OptionalText = None
+    relation: OptionalText = None
+    ground_truth: OptionalText = Field(None, description="What is true today, when the input says.")
+    paraphrases: TextList = Field(default_factory=list)
     locality: list[LocalityPrompt] = Field(default_factory=list)
     source: str = Field(description="Input file the record came from.")
     position: int = Field(ge=0, description="Index of the record in its source (0-based).")
     meta: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("prompt", "target")
+    @classmethod
+    def _within_limit(cls, text: str, info: ValidationInfo) -> str:
+        # The limit is a curate setting, not a property of facts, so it arrives as context.
+        knob = f"max_{info.field_name}_chars"
+        limit = (info.context or {}).get(knob)
+        if limit is not None and len(text) > limit:
+            raise PydanticCustomError(
+                "too_long", "is {length} characters, above {knob}={limit}; shorten it or raise {knob}",
+                {"length": len(text), "knob": knob, "limit": limit})
+        return text
+
+    @model_validator(mode="after")
+    def _derive_id(self) -> Fact:
+        if not self.fact_id:
+            self.fact_id = stable_fact_id(self.prompt, self.target)
+        return self
 
 
 def stable_fact_id(prompt: str, target: str) -> str:

@@ -1,50 +1,27 @@
-"""Manifest: what a curated dataset holds and how it was made (``D/manifest.json``)."""
+"""Manifest: what a curated dataset holds and how it was made (``D/manifest.json``).
+
+``Manifest.read`` is the only way code reads a manifest: the trainer, the evaluation, the service and
+the commands all go through it, so a missing or damaged file reads the same everywhere.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# Free-form dictionaries (the scoring config) travel as JSON text in Arrow; the field metadata says so.
-JSON_FIELD = {b"encoding": b"json"}
+from schemas.scoring import ScoringSpec
 
-INPUT_FILE_TYPE = pa.struct([
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("sha256", pa.string(), nullable=False),
-    pa.field("bytes", pa.int64(), nullable=False),
-])
-COUNTS_TYPE = pa.struct([
-    pa.field("input", pa.int64(), nullable=False),
-    pa.field("scored", pa.int64(), nullable=False),
-    pa.field("rejected", pa.int64(), nullable=False),
-    pa.field("kept", pa.int64(), nullable=False),
-    pa.field("by_reason", pa.map_(pa.string(), pa.int64()), nullable=False),
-])
-MODEL_REF_TYPE = pa.struct([
-    pa.field("name", pa.string(), nullable=False),
-    pa.field("path", pa.string()),
-    pa.field("revision", pa.string()),
-])
+MANIFEST_FILE = "manifest.json"
+# The points at which every score's distribution is summarised (manifest and dataset stats alike).
+QUANTILES: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 
-MANIFEST_SCHEMA = pa.schema([
-    pa.field("dataset_id", pa.string(), nullable=False),
-    pa.field("created_at", pa.string(), nullable=False),
-    pa.field("beacon_version", pa.string(), nullable=False),
-    pa.field("inputs", pa.list_(INPUT_FILE_TYPE), nullable=False),
-    pa.field("input_digest", pa.string(), nullable=False),
-    pa.field("format", pa.string(), nullable=False),
-    pa.field("counts", COUNTS_TYPE, nullable=False),
-    pa.field("rejected_by_stage", pa.map_(pa.string(), pa.int64()), nullable=False),
-    pa.field("quantiles", pa.map_(pa.string(), pa.map_(pa.string(), pa.float64())), nullable=False),
-    pa.field("thresholds", pa.map_(pa.string(), pa.float64()), nullable=False),
-    pa.field("config", pa.string(), nullable=False, metadata=JSON_FIELD),
-    pa.field("config_hash", pa.string(), nullable=False),
-    pa.field("models", pa.map_(pa.string(), MODEL_REF_TYPE), nullable=False),
-    pa.field("runner", pa.string(), nullable=False),
-    pa.field("timings", pa.map_(pa.string(), pa.float64()), nullable=False),
-])
+
+def quantile_label(q: float) -> str:
+    """The key of a quantile in ``Manifest.quantiles``: ``q0.5`` for the median."""
+    return f"q{q:g}"
 
 
 class InputFile(BaseModel):
@@ -85,23 +62,57 @@ class Manifest(BaseModel):
     counts: Counts
     rejected_by_stage: dict[str, int] = Field(default_factory=dict)
     quantiles: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="score -> {'q0.5': value, ...} over scored rows.")
+        default_factory=dict, description="score -> {'q0.5': value, ...} over scored rows, at QUANTILES.")
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Absolute thresholds the policy applied (quantiles resolved).")
-    config: dict[str, Any] = Field(json_schema_extra={"arrow_encoding": "json"})
+    config: dict[str, Any] = Field(description="The curate config, every key resolved.")
     config_hash: str
     models: dict[str, ModelRef]
     runner: str
     timings: dict[str, float] = Field(default_factory=dict, description="Stage -> seconds.")
 
-    def to_arrow_row(self) -> dict[str, Any]:
-        """The manifest as one row of ``MANIFEST_SCHEMA`` (JSON fields encoded)."""
-        import json
+    @property
+    def scoring(self) -> ScoringSpec:
+        """The scoring choices (model, encoder, drift definition, ...) training and evaluation must share."""
+        return ScoringSpec.of(self.config)
 
-        row = self.model_dump()
-        row["config"] = json.dumps(row["config"], sort_keys=True)
-        for key in ("rejected_by_stage", "thresholds", "timings", "models"):
-            row[key] = list(row[key].items())
-        row["counts"]["by_reason"] = list(row["counts"]["by_reason"].items())
-        row["quantiles"] = [(k, list(v.items())) for k, v in row["quantiles"].items()]
-        return row
+    @classmethod
+    def path_in(cls, dataset_dir: str | Path) -> Path:
+        return Path(dataset_dir) / MANIFEST_FILE
+
+    @classmethod
+    def exists_in(cls, dataset_dir: str | Path) -> bool:
+        return cls.path_in(dataset_dir).is_file()
+
+    @classmethod
+    def read(cls, dataset_dir: str | Path) -> "Manifest":
+        """The manifest of the dataset in ``dataset_dir``.
+
+        Raises:
+            FileNotFoundError: there is no manifest (the folder is not a curated dataset).
+            ValueError: the manifest is not valid JSON or not a manifest; the message names the field.
+        """
+        return cls.read_with_digest(dataset_dir)[0]
+
+    @classmethod
+    def read_with_digest(cls, dataset_dir: str | Path) -> "tuple[Manifest, str]":
+        """The manifest and the sha256 of its bytes (what a training run records to detect a re-curation)."""
+        path = cls.path_in(dataset_dir)
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise FileNotFoundError(f"{path} not found: is {Path(dataset_dir)} a dataset written by "
+                                    "`beacon curate`?") from None
+        try:
+            manifest = cls.model_validate_json(raw)
+        except ValidationError as e:
+            from schemas.config_file import explain
+
+            raise ValueError(f"{path} is not a valid manifest ({explain(e)}); re-run `beacon curate`") from None
+        return manifest, hashlib.sha256(raw).hexdigest()
+
+    def write(self, dataset_dir: str | Path) -> Path:
+        """Writes ``dataset_dir/manifest.json``; returns its path."""
+        path = self.path_in(dataset_dir)
+        path.write_text(self.model_dump_json(indent=2))
+        return path

@@ -12,15 +12,15 @@ import pyarrow as pa
 from pydantic import ConfigDict, Field
 
 from schemas.fact import FACT_FIELDS, Fact
+from schemas.scoring import DriftDefinition
 
 Reason = Literal["kept", "duplicate", "conflict", "high_drift", "high_interference"]
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
 
-DRIFT_DEFINITIONS: tuple[str, ...] = ("sentence", "lm", "expected", "rank")
-
 SCORED_FIELDS: list[pa.Field] = FACT_FIELDS + [
     pa.field("prediction", pa.string(), nullable=False),
     pa.field("drift", pa.float64(), nullable=False),
+    pa.field("drift_definition", pa.string(), nullable=False),
     pa.field("drift_sentence", pa.float64(), nullable=False),
     pa.field("drift_lm", pa.float64(), nullable=False),
     pa.field("drift_expected", pa.float64(), nullable=False),
@@ -45,7 +45,8 @@ class ScoredFact(Fact):
 
     model_config = ConfigDict(extra="forbid")
     prediction: str = Field(description="The base model's greedy answer to the prompt today.")
-    drift: float = Field(description="The configured default drift definition (0 = already says it).")
+    drift: float = Field(description="The drift by ``drift_definition`` (0 = already says it).")
+    drift_definition: DriftDefinition = Field(description="Which drift column ``drift`` copies.")
     drift_sentence: float = Field(description="1 - cos(E(prediction), E(target)), E the sentence encoder.")
     drift_lm: float = Field(description="Same on the LM's mean input-token embeddings.")
     drift_expected: float = Field(

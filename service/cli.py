@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -22,6 +23,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_extra(extra: list[str], command: argparse.ArgumentParser) -> None:
+    """Options a command passes on (to Beam) must not be near-misses of its own: a typo is an error.
+
+    Raises:
+        ValueError: a near-miss (naming the option meant) or a stray positional argument.
+    """
+    ours = [s for action in command._actions for s in action.option_strings if s.startswith("--")]
+    for i, arg in enumerate(extra):
+        if not arg.startswith("--"):
+            if i and extra[i - 1].startswith("--") and "=" not in extra[i - 1]:
+                continue  # the value of a passed-on option: --runner DirectRunner
+            raise ValueError(f"unexpected argument {arg!r}: inputs come before the options")
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, ours, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"unknown option {name}; did you mean {close[0]}?")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -37,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("apache_beam", "transformers", "sentence_transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if extra:
+            command = next(a for a in parser._subparsers._group_actions if a.dest == "command")
+            check_extra(extra, command.choices[args.command])
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"beacon {args.command}: error: {e}", file=sys.stderr)

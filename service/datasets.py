@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+from schemas import Manifest
+
 HISTOGRAM_BINS = 20
 TOP_CONFLICTS = 20
-STATS_VERSION = 1
+STATS_VERSION = 2  # v2: quantiles from the manifest, DuckDB's histogram, the drift definition named
 
 
 class PathError(ValueError):
@@ -135,10 +136,10 @@ def scored_files(layout: Layout, dataset: dict[str, Any], run_dir: Path | None) 
     return ScoredFiles(scored=parquet(folder / "scored"), rejected=parquet(folder / "rejected"), eval=evals)
 
 
-def read_manifest(layout: Layout, dataset: dict[str, Any]) -> dict[str, Any] | None:
+def read_manifest(layout: Layout, dataset: dict[str, Any]) -> Manifest | None:
+    """The registered dataset's manifest, or None when its folder or manifest is gone or damaged."""
     try:
-        path = layout.resolve(dataset["path"]) / "manifest.json"
-        return json.loads(path.read_text())
+        return Manifest.read(layout.resolve(dataset["path"]))
     except (PathError, OSError, ValueError):
         return None
 
@@ -160,6 +161,8 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
                   use_cache: bool = True) -> bytes:
     """Counts by reason, drift/interference quantiles and histograms, top conflict pairs (as JSON).
 
+    Quantiles are the manifest's (computed once, in the pipeline); the rest is DuckDB over the Parquet.
+
     A scored dataset never changes once written, so stats are computed once per file signature and
     kept in memory and beside the data (``.stats-v1.json``), where other processes find them: the
     worker computes them right after curation, the API reads them.
@@ -176,9 +179,12 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
                 _cache[key] = cached
             return cached
     stats = compute_stats(files, threads=threads)
-    manifest = read_manifest(layout, dataset) or {}
-    stats["manifest"] = {k: manifest.get(k) for k in ("dataset_id", "created_at", "counts",
-                                                      "rejected_by_stage", "thresholds", "config_hash")}
+    manifest = read_manifest(layout, dataset)
+    quantiles = manifest.quantiles if manifest else {}
+    for score in ("drift", "interference"):
+        stats[score]["quantiles"] = quantiles.get(score, {})
+    stats["manifest"] = manifest.model_dump(include={"dataset_id", "created_at", "counts", "rejected_by_stage",
+                                                     "thresholds", "config_hash"}) if manifest else None
     stats["signature"] = signature
     encoded = json.dumps(_finite(stats), allow_nan=False).encode()
     if use_cache:
@@ -248,54 +254,39 @@ def _count(con, paths: list[Path]) -> int:
 
 
 def _stats(con, *, rejected: int) -> dict[str, Any]:
-    qs = list(QUANTILES)
-    (rows, kept, d_lo, d_hi, d_mean, d_q, i_lo, i_hi, i_mean, i_q, conflicted) = con.execute(
+    (rows, kept, d_lo, d_hi, d_mean, i_lo, i_hi, i_mean, conflicted, definition) = con.execute(
         """
         SELECT count(*), count(*) FILTER (WHERE keep),
-               min(drift), max(drift), avg(drift), quantile_cont(drift, $qs),
-               min(interference), max(interference), avg(interference), quantile_cont(interference, $qs),
-               count(*) FILTER (WHERE len(conflicts_with) > 0)
+               min(drift), max(drift), avg(drift), min(interference), max(interference), avg(interference),
+               count(*) FILTER (WHERE len(conflicts_with) > 0), any_value(drift_definition)
         FROM scored
-        """, {"qs": qs}).fetchone()
+        """).fetchone()
     by_reason = {r: {"n": n, "drift_mean": m, "interference_mean": i} for r, n, m, i in con.execute(
         "SELECT reason, count(*), avg(drift), avg(interference) FROM scored GROUP BY reason ORDER BY reason"
     ).fetchall()}
-    drift, interference = _histograms(con, (d_lo, d_hi), (i_lo, i_hi))
     return {
         "rows": rows,
         "counts": {"scored": rows, "kept": kept, "rejected": rejected,
                    "by_reason": {r: v["n"] for r, v in by_reason.items()}, "with_conflicts": conflicted},
         "by_reason": by_reason,
-        "drift": {"min": d_lo, "max": d_hi, "mean": d_mean, "quantiles": _quantiles(d_q), "histogram": drift},
-        "interference": {"min": i_lo, "max": i_hi, "mean": i_mean, "quantiles": _quantiles(i_q),
-                         "histogram": interference},
+        "drift": {"definition": definition, "min": d_lo, "max": d_hi, "mean": d_mean,
+                  "histogram": _histogram(con, "drift", d_lo, d_hi)},
+        "interference": {"min": i_lo, "max": i_hi, "mean": i_mean,
+                         "histogram": _histogram(con, "interference", i_lo, i_hi)},
         "top_conflicts": _top_conflicts(con) if conflicted else [],
     }
 
 
-def _quantiles(values: list[float] | None) -> dict[str, float]:
-    return {f"q{q:g}": v for q, v in zip(QUANTILES, values or [], strict=False)}
-
-
-def _histograms(con, drift: tuple, interference: tuple) -> tuple[list[dict], list[dict]]:
-    """Equal-width histograms of drift and interference over [min, max], in one scan."""
-    if drift[0] is None:
-        return [], []
-    widths = [((hi - lo) / HISTOGRAM_BINS) or 1.0 for lo, hi in (drift, interference)]
-    top = HISTOGRAM_BINS - 1
-    rows = con.execute(
-        f"""
-        SELECT least(CAST(floor((drift - $dlo) / $dw) AS INTEGER), {top}) AS d,
-               least(CAST(floor((interference - $ilo) / $iw) AS INTEGER), {top}) AS i, count(*)
-        FROM scored GROUP BY GROUPING SETS ((d), (i))
-        """, {"dlo": drift[0], "dw": widths[0], "ilo": interference[0], "iw": widths[1]}).fetchall()
-    counts_d = {d: n for d, i, n in rows if d is not None}
-    counts_i = {i: n for d, i, n in rows if i is not None}
-
-    def bins(lo: float, width: float, counts: dict) -> list[dict]:
-        return [{"low": lo + b * width, "high": lo + (b + 1) * width, "count": counts.get(b, 0)}
-                for b in range(HISTOGRAM_BINS)]
-    return bins(drift[0], widths[0], counts_d), bins(interference[0], widths[1], counts_i)
+def _histogram(con, column: str, lo: float | None, hi: float | None) -> list[dict]:
+    """Equal-width bins of ``column`` over [min, max] by DuckDB's ``histogram`` (one bin if all equal)."""
+    if lo is None:
+        return []
+    (counts,) = con.execute(
+        f"SELECT histogram({column}, equi_width_bins($lo::DOUBLE, $hi::DOUBLE, {HISTOGRAM_BINS}, false)) "
+        "FROM scored", {"lo": lo, "hi": hi}).fetchone()
+    uppers = sorted(counts)
+    lows = [lo] + uppers[:-1]
+    return [{"low": low, "high": high, "count": counts[high]} for low, high in zip(lows, uppers)]
 
 
 def _top_conflicts(con) -> list[dict[str, Any]]:

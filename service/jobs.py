@@ -16,7 +16,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,9 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from schemas import Manifest
 from service.datasets import Layout, PathError, list_artifacts, scored_dataset_id
 from service.settings import Settings
 from service.store import Claim, LeaseLost, Store
+from trainer.runs import is_trained, read_json, training_progress
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +98,22 @@ class JobRunner:
         base = {"job_id": self.claim.job_id, "dataset_dir": str(dataset_dir), "run_dir": str(self.run_dir),
                 "data_root": str(self.layout.root), "scored_dataset_id": scored_id}
 
-        if (dataset_dir / "manifest.json").is_file():
+        if Manifest.exists_in(dataset_dir):
             self.store.add_event(job_id=self.claim.job_id, kind="skipped",
                                  message=f"curation skipped: dataset {scored_id} is already curated")
         else:
             self._stage("curating", {**base, "input": str(input_path), "curate": params["curate"]}, lock_fd)
-        manifest = json.loads((dataset_dir / "manifest.json").read_text())
+        try:
+            manifest = Manifest.read(dataset_dir)
+        except (OSError, ValueError) as e:
+            raise StageFailed(f"the curated dataset {scored_id} is unreadable: {e}") from None
         self.store.insert_dataset(
             id=scored_id, kind="scored", name=f"{source['name']} (curated)", format="parquet",
-            path=dataset_dir.relative_to(self.layout.root).as_posix(), rows=manifest["counts"]["scored"],
+            path=dataset_dir.relative_to(self.layout.root).as_posix(), rows=manifest.counts.scored,
             source_dataset_id=source["id"], config_hash=config_hash, job_id=self.claim.job_id)
         self.store.update_job(self.claim, scored_dataset_id=scored_id)
 
-        if _trained(self.run_dir):
+        if is_trained(self.run_dir):
             self.store.add_event(job_id=self.claim.job_id, kind="skipped",
                                  message="training skipped: the run already reached its last step")
         else:
@@ -139,7 +143,7 @@ class JobRunner:
         finally:
             if proc.poll() is None:
                 self._terminate(proc)
-        result = _read_json(result_path)
+        result = read_json(result_path)
         if code != 0 or not result or not result.get("ok"):
             raise StageFailed(f"{stage} failed: {self._error(stage, code, result)}")
         if stage == "training":
@@ -170,7 +174,7 @@ class JobRunner:
         start, end = SPAN[stage]
         if stage != "training":
             return start
-        step, total = _checkpoint_progress(self.run_dir)
+        step, total = training_progress(self.run_dir)
         progress = round(start + (end - start) * (step / total if total else 0.0), 4)
         if step > self._checkpoint_seen and total:
             self._checkpoint_seen = step
@@ -240,34 +244,6 @@ class JobRunner:
         return f"the {stage} process exited with code {code}" + (f": {tail}" if tail else "")
 
 
-def _trained(run_dir: Path) -> bool:
-    summary = _read_json(run_dir / "train_summary.json")
-    return bool(summary and summary.get("global_step") == summary.get("max_steps")
-                and (run_dir / "adapter" / "adapter_config.json").is_file())
-
-
-def _checkpoint_progress(run_dir: Path) -> tuple[int, int]:
-    """(step, max_steps) of the newest complete checkpoint; (0, 0) before the first."""
-    best = (0, 0)
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return best
-    for path in folder.iterdir():
-        m = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if m and int(m.group(1)) > best[0]:
-            state = _read_json(path / "trainer_state.json")
-            if state:
-                best = (int(m.group(1)), int(state.get("max_steps") or 0))
-    return best
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _tail(path: Path, lines: int = 3) -> str:
     try:
         text = path.read_bytes()[-4000:].decode("utf-8", "replace")
@@ -305,7 +281,7 @@ def _curate(spec: dict[str, Any]) -> dict[str, Any]:
     # Two jobs may curate the same upload with the same config: one does it, the other reuses it.
     with open(out.parent / f".{out.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "manifest.json").is_file():
+        if not Manifest.exists_in(out):
             for stale in out.parent.glob(f".{out.name}.staging-*"):
                 shutil.rmtree(stale, ignore_errors=True)  # left by a killed curation
             curate([spec["input"]], str(out), CurateConfig.model_validate(spec["curate"]), overwrite=True)

@@ -1,11 +1,13 @@
-"""TrainConfig and EvalConfig: every knob of ``beacon train`` / ``beacon eval``, as a config-file key."""
+"""TrainConfig and EvalConfig: every knob of ``beacon train`` / ``beacon eval``, as a key of a config
+file's ``train:`` / ``eval:`` section (read by ``schemas.config_file``, like every section)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
+
+from schemas.config_file import ConfigSection
 
 Scheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 Reduction = Literal["sample", "token"]
@@ -15,10 +17,11 @@ Precision = Literal["fp32", "bf16", "fp16"]
 NOT_COMPARED_ON_RESUME = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress"})
 
 
-class TrainConfig(BaseModel):
-    """How a LoRA adapter is trained on the kept facts of a curated dataset."""
+LENGTH_KEYS = ("epochs", "max_steps")
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class TrainConfig(ConfigSection):
+    """How a LoRA adapter is trained on the kept facts of a curated dataset."""
 
     # --- model and data --------------------------------------------------------------------------
     model: str | None = Field(
@@ -67,6 +70,24 @@ class TrainConfig(BaseModel):
     logging_steps: int = Field(10, gt=0, description="Log the loss every this many steps.")
     progress: bool = Field(True, description="Show progress bars.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_length(cls, data: Any) -> Any:
+        # Giving max_steps replaces the default epochs, and vice versa: a run has one length.
+        if isinstance(data, dict):
+            given = [k for k in LENGTH_KEYS if data.get(k) is not None]
+            if len(given) == 1:
+                data = {**data, **{k: None for k in LENGTH_KEYS if k not in given and k not in data}}
+        return data
+
+    @classmethod
+    def merge(cls, base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+        """A layer that sets one length (epochs or max_steps) replaces the other from earlier layers."""
+        given = [k for k in LENGTH_KEYS if override.get(k) is not None]
+        if len(given) == 1:
+            base = {k: v for k, v in base.items() if k not in LENGTH_KEYS}
+        return {**base, **override}
+
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "TrainConfig":
         if (self.epochs is None) == (self.max_steps is None):
@@ -86,10 +107,8 @@ class TrainConfig(BaseModel):
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in NOT_COMPARED_ON_RESUME}
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(ConfigSection):
     """How ``beacon eval`` measures a trained run."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     batch_size: int = Field(16, gt=0, description="Prompts per forward / generate batch.")
     extra_new_tokens: int = Field(2, ge=0, description="Greedy answer length = target tokens + this.")
@@ -99,54 +118,3 @@ class EvalConfig(BaseModel):
     pushed_away_epsilon: float = Field(0.01, ge=0.0,
                                        description="pushed_away = drift after > drift before + this.")
     progress: bool = Field(True, description="Show progress bars.")
-
-
-def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """TrainConfig from a JSON/YAML file's "train" section (or the whole file), then CLI overrides.
-
-    Raises:
-        ValueError: the file is unreadable or a key/value is invalid (named in the message).
-    """
-    data = _section(path, "train")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    # One length flag replaces the other, whether that came from the defaults or the file.
-    if "max_steps" in overrides and "epochs" not in overrides:
-        data["epochs"] = None
-    if "epochs" in overrides and "max_steps" not in overrides:
-        data["max_steps"] = None
-    data.update(overrides)
-    return _build(TrainConfig, data, "train")
-
-
-def load_eval_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> EvalConfig:
-    """EvalConfig from a config file's "eval" section, then CLI overrides."""
-    data = _section(path, "eval", whole_file_fallback=False)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return _build(EvalConfig, data, "eval")
-
-
-def _section(path: str | Path | None, key: str, whole_file_fallback: bool = True) -> dict[str, Any]:
-    if path is None:
-        return {}
-    from pipeline.config import read_config_file
-
-    data = read_config_file(path)
-    if key in data:
-        section = data[key]
-        if not isinstance(section, dict):
-            raise ValueError(f"config file {path}: '{key}' must be a mapping, got {type(section).__name__}")
-        return dict(section)
-    if whole_file_fallback and not ({"curate", "train", "eval"} & data.keys()):
-        return dict(data)
-    return {}
-
-
-def _build(cls: type[BaseModel], data: dict[str, Any], name: str) -> Any:
-    try:
-        return cls(**data)
-    except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or name
-            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})" if err["loc"] else err["msg"])
-        raise ValueError(f"invalid {name} config: {'; '.join(parts)}") from None

@@ -1,13 +1,11 @@
 """From a curated dataset (``D/scored/*.parquet`` + ``D/manifest.json``) to training examples.
 
 An example is prompt ids + target ids (+ eos) with labels only on the target part, and the fact's
-weight. Tokenisation follows ``trainer.lm_scores.encode_pair``, the one the scores were computed with.
+weight. Tokenisation follows ``scoring.lm_scores.encode_pair``, the one the scores were computed with.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,57 +13,34 @@ from typing import Any
 
 import pyarrow as pa
 
+from schemas import Manifest, ScoringSpec
+
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-DEFAULT_LM = "bundled:smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What identifies a curated dataset, read defensively from its manifest."""
+    """What identifies a curated dataset, and the scoring choices training and evaluation share."""
 
     path: str
     dataset_id: str
     config_hash: str
     manifest_sha256: str
-    model: str
-    chat_template: bool
-    drift_definition: str
-    encoder: str | None
+    scoring: ScoringSpec
 
 
 def read_dataset_info(dataset_dir: str | Path) -> DatasetInfo:
-    """The manifest's identity fields (dataset_id, config_hash) and the scoring choices training must share.
+    """The dataset's identity and scoring choices, from its manifest (``schemas.Manifest``).
 
     Raises:
         FileNotFoundError: ``D/manifest.json`` is missing (D is not a curated dataset).
+        ValueError: the manifest is damaged.
     """
-    root = Path(dataset_dir)
-    path = root / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {root} a dataset written by `beacon curate`?")
-    raw = path.read_bytes()
-    try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    config = manifest.get("config") or {}
-    if isinstance(config, str):  # the Arrow encoding of the manifest stores it as JSON text
-        config = json.loads(config)
-    dataset_id = manifest.get("dataset_id")
-    if not dataset_id:
-        raise ValueError(f"{path} has no dataset_id; re-run `beacon curate`")
-    return DatasetInfo(
-        path=str(root.resolve()),
-        dataset_id=str(dataset_id),
-        config_hash=str(manifest.get("config_hash") or config.get("config_hash") or ""),
-        manifest_sha256=hashlib.sha256(raw).hexdigest(),
-        model=str(config.get("model") or DEFAULT_LM),
-        chat_template=bool(config.get("chat_template", False)),
-        drift_definition=str(config.get("drift_definition") or "expected"),
-        encoder=config.get("encoder"),
-    )
+    manifest, digest = Manifest.read_with_digest(dataset_dir)
+    return DatasetInfo(path=str(Path(dataset_dir).resolve()), dataset_id=manifest.dataset_id,
+                       config_hash=manifest.config_hash, manifest_sha256=digest, scoring=manifest.scoring)
 
 
 def read_scored(dataset_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
@@ -102,7 +77,7 @@ def build_examples(rows: list[dict[str, Any]], tokenizer: Any, *, chat_template:
         ValueError: a fact does not fit in ``max_seq_len`` (the target would be cut), or has an
             empty/negative weight.
     """
-    from trainer.lm_scores import encode_pair
+    from scoring.lm_scores import encode_pair
 
     eos = tokenizer.eos_token_id
     if add_eos and eos is None:
@@ -134,10 +109,10 @@ def build_examples(rows: list[dict[str, Any]], tokenizer: Any, *, chat_template:
 
 
 def _joint_differs(tokenizer: Any, prompt: str, target: str, parts: list[int]) -> bool:
-    from trainer.lm_scores import _target_text, format_prompt
+    from scoring.lm_scores import format_prompt, target_text
 
     text = format_prompt(tokenizer, prompt)
-    return list(tokenizer(text + _target_text(text, target, False))["input_ids"]) != parts
+    return list(tokenizer(text + target_text(text, target, False))["input_ids"]) != parts
 
 
 class ExampleDataset:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from schemas import ScoringSpec
 from trainer.config import EvalConfig, TrainConfig
 from trainer.data import read_dataset_info, read_scored
 from trainer.files import write_json, write_parquet
@@ -25,7 +26,7 @@ from trainer.metrics import EVAL_SCHEMA, build_metrics, drift_quartiles, starts_
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROBE_TOKENS = 8  # the pipeline's probe_max_new_tokens default: answers for answer-based drift
+BLANK_ANSWER_TOKENS = 8  # base-answer tokens compared on a locality prompt whose recorded answer is blank
 
 
 def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
@@ -56,7 +57,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
     from trainer.model_io import load_trained
 
     model, tokenizer = load_trained(run_dir, train_config.model)
-    scores = _score(model, tokenizer, facts, config, chat, info)
+    scores = _score(model, tokenizer, facts, config, chat, info.scoring)
 
     n = len(facts)
     drift = np.asarray([f["drift"] for f in facts], dtype=float)
@@ -69,14 +70,14 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
         "drift": drift,
         "drift_quartile": drift_quartiles(drift),
         "target": [f["target"] for f in facts],
-        "drift_definition": [info.drift_definition] * n,
+        "drift_definition": [info.scoring.drift_definition] * n,
         "pushed_away": pushed,
         **{k: v for k, v in scores.items() if k in EVAL_SCHEMA.names},
     }
     result = pa.Table.from_pydict({name: columns[name] for name in EVAL_SCHEMA.names}, schema=EVAL_SCHEMA)
     summary_path = run_dir / "train_summary.json"
     trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    metrics = build_metrics(result, drift_definition=info.drift_definition,
+    metrics = build_metrics(result, drift_definition=info.scoring.drift_definition,
                             pushed_away_epsilon=config.pushed_away_epsilon, run={
                                 "run_dir": str(run_dir.resolve()), "dataset": str(dataset_dir),
                                 "dataset_id": info.dataset_id, "dataset_config_hash": info.config_hash,
@@ -84,7 +85,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
                                 "global_step": trained.get("global_step"),
                                 "eval_seconds": round(time.perf_counter() - started, 1)})
     if "drift_expected" in table.column_names:
-        # The pipeline scores with trainer.lm_scores too: its drift_expected should match ours.
+        # The pipeline scores with scoring.lm_scores too: its drift_expected should match ours.
         diff = np.abs(np.asarray(table.column("drift_expected").to_pylist(), dtype=float)
                       - scores["drift_expected_before"])
         metrics["checks"] = {"drift_expected_vs_dataset_max_abs_diff": float(diff.max()) if n else None}
@@ -94,9 +95,9 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
 
 
 def _score(model: Any, tokenizer: Any, facts: list[dict[str, Any]], config: EvalConfig, chat: bool,
-           info: Any) -> dict[str, Any]:
+           scoring: ScoringSpec) -> dict[str, Any]:
     """Every per-fact number, base (adapter disabled) then fine-tuned."""
-    plan = EvalPlan.build(tokenizer, facts, config, chat, info)
+    plan = EvalPlan.build(tokenizer, facts, config, chat, scoring)
     with model.disable_adapter():
         base = score_base(model, tokenizer, plan)
     return score_after(model, tokenizer, plan, base)
@@ -113,7 +114,7 @@ class EvalPlan:
     facts: list[dict[str, Any]]
     config: EvalConfig
     chat: bool
-    info: Any
+    scoring: ScoringSpec  # the dataset's: drift is measured by its definition, answers at its probe length
     prompts: list[str]
     targets: list[str]
     budget: list[int]  # answer tokens compared for efficacy: target tokens + extra_new_tokens
@@ -126,17 +127,17 @@ class EvalPlan:
 
     @classmethod
     def build(cls, tokenizer: Any, facts: list[dict[str, Any]], config: EvalConfig, chat: bool,
-              info: Any) -> "EvalPlan":
-        from trainer.lm_scores import encode_pair
+              scoring: ScoringSpec) -> "EvalPlan":
+        from scoring.lm_scores import encode_pair
 
         prompts = [f["prompt"] for f in facts]
         targets = [f["target"] for f in facts]
         # Compared span: the base model's answer over as many tokens as the recorded answer (its slot).
         return cls(
-            facts=facts, config=config, chat=chat, info=info, prompts=prompts, targets=targets,
+            facts=facts, config=config, chat=chat, scoring=scoring, prompts=prompts, targets=targets,
             budget=[len(encode_pair(tokenizer, p, t, chat_template=chat)[1]) + config.extra_new_tokens
                     for p, t in zip(prompts, targets)],
-            probe=int(_manifest_config(info).get("probe_max_new_tokens") or DEFAULT_PROBE_TOKENS),
+            probe=scoring.probe_max_new_tokens,
             para_owner=[i for i, f in enumerate(facts) for _ in (f.get("paraphrases") or [])],
             para_prompts=[p for f in facts for p in (f.get("paraphrases") or [])],
             loc_owner=[i for i, f in enumerate(facts) for _ in (f.get("locality") or [])],
@@ -156,14 +157,22 @@ class EvalPlan:
         return label if self.config.progress else None
 
     def probe_texts(self, tokenizer: Any, answers: list[list[int]]) -> list[str]:
-        from trainer.lm_scores import decode_answer
+        from scoring.lm_scores import decode_answer
 
         return [decode_answer(tokenizer, a[:self.probe]) for a in answers]
+
+    def drift(self, model: Any, tokenizer: Any, answers: list[str], scores: dict[str, Any]) -> np.ndarray:
+        """Drift by the dataset's definition: the function the pipeline scored it with."""
+        from scoring.drift import drift_by_definition
+
+        return drift_by_definition(self.scoring.drift_definition, answers=answers, targets=self.targets,
+                                   scores=scores, model=model, tokenizer=tokenizer,
+                                   encoder=self.scoring.encoder)
 
 
 def score_base(model: Any, tokenizer: Any, plan: EvalPlan) -> dict[str, Any]:
     """The base model's answers, target scores, locality answers and drift (call with the adapter off)."""
-    from trainer.lm_scores import greedy_answers, score_targets
+    from scoring.lm_scores import greedy_answers, score_targets
 
     bs, chat = plan.config.batch_size, plan.chat
     log.info("evaluating %d facts with the base model", len(plan.facts))
@@ -173,14 +182,13 @@ def score_base(model: Any, tokenizer: Any, plan: EvalPlan) -> dict[str, Any]:
                            desc=plan.desc("base: target scores"))
     loc_ids = greedy_answers(model, tokenizer, plan.loc_prompts, plan.loc_budget, bs, chat_template=chat,
                              desc=plan.desc("base: locality"))
-    drift = _answer_drift(model, tokenizer, plan.prompts, plan.probe_texts(tokenizer, ids), plan.targets,
-                          scores, plan.info, chat)
+    drift = plan.drift(model, tokenizer, plan.probe_texts(tokenizer, ids), scores)
     return {"ids": ids, "scores": scores, "loc_ids": loc_ids, "drift": drift}
 
 
 def score_after(model: Any, tokenizer: Any, plan: EvalPlan, base: dict[str, Any]) -> dict[str, Any]:
     """Every per-fact eval column of the model as it is now, against ``score_base``'s numbers."""
-    from trainer.lm_scores import decode_answer, greedy_answers, score_targets, token_agreement
+    from scoring.lm_scores import decode_answer, greedy_answers, score_targets, token_agreement
 
     bs, chat, facts, targets = plan.config.batch_size, plan.chat, plan.facts, plan.targets
     log.info("evaluating %d facts with the adapter", len(facts))
@@ -199,8 +207,7 @@ def score_after(model: Any, tokenizer: Any, plan: EvalPlan, base: dict[str, Any]
     agreement = token_agreement(model, tokenizer, plan.loc_prompts,
                                 [a[:n] for a, n in zip(base["loc_ids"], plan.loc_span)], bs,
                                 chat_template=chat, desc=plan.desc("locality agreement"))
-    drift_after = _answer_drift(model, tokenizer, plan.prompts, plan.probe_texts(tokenizer, ids), targets,
-                                after, plan.info, chat)
+    drift_after = plan.drift(model, tokenizer, plan.probe_texts(tokenizer, ids), after)
 
     n = len(facts)
     answer = [decode_answer(tokenizer, a[:b]) for a, b in zip(ids, plan.budget)]
@@ -238,58 +245,13 @@ def score_after(model: Any, tokenizer: Any, plan: EvalPlan, base: dict[str, Any]
     }
 
 
-def _answer_drift(model: Any, tokenizer: Any, prompts: list[str], answers: list[str], targets: list[str],
-                  scores: dict[str, np.ndarray], info: Any, chat: bool) -> np.ndarray:
-    """Drift by the dataset's definition, computed as the pipeline computes it (before and after alike)."""
-    if info.drift_definition in ("expected", "rank"):  # teacher-forced scores, no decoding
-        return scores[f"drift_{info.drift_definition}"]
-    # Answer-based drift: the pipeline's own functions (first line, the words in the target's slot).
-    from pipeline.probe import answer_head, clean_answer, lm_answer_drift
-
-    from trainer.lm_scores import format_prompt
-
-    answers = [clean_answer(a) for a in answers]
-    if info.drift_definition == "lm":
-        rendered = [format_prompt(tokenizer, p, chat_template=chat) if chat else p for p in prompts]
-        return lm_answer_drift(model, tokenizer, rendered, answers, targets)
-    if info.drift_definition == "sentence":
-        heads = [answer_head(a, t) for a, t in zip(answers, targets)]
-        return _sentence_distance(heads, targets, info.encoder or "bundled:all-minilm-l6-v2")
-    raise ValueError(f"unknown drift_definition {info.drift_definition!r} in the dataset's manifest")
-
-
-_ENCODERS: dict[str, Any] = {}
-
-
-def _sentence_distance(answers: list[str], targets: list[str], encoder: str) -> np.ndarray:
-    """1 - cos of sentence embeddings, clipped to [0, 2]; an empty answer is at 1."""
-    from sentence_transformers import SentenceTransformer
-
-    from pipeline.models import resolve_encoder
-
-    if encoder not in _ENCODERS:
-        _ENCODERS[encoder] = SentenceTransformer(resolve_encoder(encoder), device="cpu")
-    model = _ENCODERS[encoder]
-    a = model.encode(answers, normalize_embeddings=True, convert_to_numpy=True)
-    b = model.encode(targets, normalize_embeddings=True, convert_to_numpy=True)
-    out = np.clip(1.0 - (a * b).sum(1).astype(float), 0.0, 2.0)
-    out[[not x for x in answers]] = 1.0
-    return out
-
-
 def _answer_span(tokenizer: Any, prompt: str, answer: str | None, chat: bool) -> int:
     """Tokens of a recorded locality answer (as a target after its prompt); a blank one counts as 8."""
-    from trainer.lm_scores import encode_pair
+    from scoring.lm_scores import encode_pair
 
     if not (answer or "").strip():
-        return DEFAULT_PROBE_TOKENS
+        return BLANK_ANSWER_TOKENS
     return len(encode_pair(tokenizer, prompt, answer, chat_template=chat)[1])
-
-
-def _manifest_config(info: Any) -> dict[str, Any]:
-    manifest = json.loads((Path(info.path) / "manifest.json").read_text())
-    config = manifest.get("config") or {}
-    return json.loads(config) if isinstance(config, str) else config
 
 
 def _counts(owner: list[int], n: int) -> list[int]:

@@ -1,29 +1,12 @@
-"""Loading the base LM (bundled, HF id or local path) and a trained run's adapter on top of it."""
+"""A LoRA adapter on the base LM: a fresh one for training, a run's saved one for evaluation.
+
+The base LM itself is loaded by ``scoring.models.load_lm``, the loader the pipeline's probe uses.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-
-def load_base(spec: str, *, device: str | None = None) -> tuple[Any, Any, str]:
-    """(model, tokenizer, resolved path) for ``spec``; float32, eval mode, on ``device`` (default: auto).
-
-    Bundled names resolve to the converted local checkpoint, so nothing is downloaded for them.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.models import resolve_lm
-
-    path = resolve_lm(spec)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.to(device or default_device())
-    model.eval()
-    return model, tokenizer, path
 
 
 def load_trained(run_dir: str | Path, base_spec: str, *, device: str | None = None) -> tuple[Any, Any]:
@@ -34,10 +17,12 @@ def load_trained(run_dir: str | Path, base_spec: str, *, device: str | None = No
     """
     from peft import PeftModel
 
+    from scoring.models import load_lm
+
     adapter = Path(run_dir) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter} has no adapter; run `beacon train` to completion first")
-    model, tokenizer, _ = load_base(base_spec, device=device)
+    model, tokenizer, _ = load_lm(base_spec, device=device)
     model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return model, tokenizer
@@ -51,11 +36,3 @@ def with_lora(model: Any, config: Any) -> Any:
     return get_peft_model(model, LoraConfig(
         r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM"))
-
-
-def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"

@@ -1,4 +1,5 @@
-"""What routes are given: settings, the store, the data layout, and the bearer-token checks.
+"""What routes are given: settings, the store, the data layout, the bearer-token checks, and the job or
+dataset a path names (resolved here, or a 404: routes never repeat the lookup).
 
 All are ``async``: a sync dependency costs a thread-pool hop on every request, even a cheap read.
 """
@@ -7,14 +8,15 @@ from __future__ import annotations
 
 import hmac
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.models import DATASET_ID, JOB_ID
 from service.datasets import Layout
 from service.settings import Settings
-from service.store import Store
+from service.store import NotFound, Store
 
 _bearer = HTTPBearer(auto_error=False, description="BEACON_API_TOKEN")
 
@@ -67,3 +69,35 @@ async def require_read(settings: SettingsDep, credentials: Credentials) -> None:
 
 Writer = Depends(require_token)
 Reader = Depends(require_read)
+
+
+# --- the job or dataset a path names --------------------------------------------------------------
+
+JobId = Annotated[str, Path(pattern=JOB_ID, description="A job id (job_ + 16 hex digits).")]
+DatasetId = Annotated[str, Path(pattern=DATASET_ID, description="A dataset id (dst_ + 16 hex digits).")]
+
+
+async def existing_job(job_id: JobId, store: StoreDep) -> dict[str, Any]:
+    try:
+        return store.get_job(job_id=job_id)
+    except NotFound as e:
+        raise HTTPException(status_code=404, detail=str(e)) from None
+
+
+async def existing_dataset(dataset_id: DatasetId, store: StoreDep) -> dict[str, Any]:
+    try:
+        return store.get_dataset(dataset_id=dataset_id)
+    except NotFound as e:
+        raise HTTPException(status_code=404, detail=str(e)) from None
+
+
+async def scored_dataset(dataset: Annotated[dict[str, Any], Depends(existing_dataset)]) -> dict[str, Any]:
+    if dataset["kind"] != "scored":
+        raise HTTPException(status_code=409, detail=f"dataset {dataset['id']} is a raw upload; stats and queries "
+                                                    "need a scored dataset (a job's scored_dataset_id)")
+    return dataset
+
+
+JobDep = Annotated[dict[str, Any], Depends(existing_job)]
+DatasetDep = Annotated[dict[str, Any], Depends(existing_dataset)]
+ScoredDatasetDep = Annotated[dict[str, Any], Depends(scored_dataset)]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config import CurateConfig
+from schemas import DriftDefinition
 from trainer.config import EvalConfig, TrainConfig
 
 JobStatus = Literal["queued", "curating", "training", "evaluating", "succeeded", "failed", "cancelled"]
@@ -37,18 +38,6 @@ class JobCreate(BaseModel):
     curate: CurateConfig = Field(default_factory=CurateConfig, description="As `beacon curate` flags.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="As `beacon train` flags.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="As `beacon eval` flags.")
-
-    @field_validator("train", mode="before")
-    @classmethod
-    def _one_length(cls, value: Any) -> Any:
-        # As on the command line: giving max_steps replaces the default epochs, and vice versa.
-        if isinstance(value, dict):
-            value = dict(value)
-            if value.get("max_steps") is not None and "epochs" not in value:
-                value["epochs"] = None
-            if value.get("epochs") is not None and "max_steps" not in value:
-                value["max_steps"] = None
-        return value
 
     @model_validator(mode="after")
     def _one_dataset(self) -> "JobCreate":
@@ -135,8 +124,13 @@ class ScoreSummary(BaseModel):
     min: float | None
     max: float | None
     mean: float | None
-    quantiles: dict[str, float | None] = Field(description="'q0.5' -> the median, ... (q0 to q1).")
-    histogram: list[HistogramBin] = Field(description="20 equal-width bins from min to max.")
+    quantiles: dict[str, float | None] = Field(
+        description="'q0.5' -> the median, ... (q0 to q1), as the manifest recorded them.")
+    histogram: list[HistogramBin] = Field(description="20 equal-width bins from min to max (1 if all equal).")
+
+
+class DriftSummary(ScoreSummary):
+    definition: DriftDefinition = Field(description="Which drift definition the dataset's `drift` holds.")
 
 
 class ConflictEnd(BaseModel):
@@ -159,7 +153,7 @@ class DatasetStats(BaseModel):
     counts: dict[str, Any] = Field(description="scored, kept, rejected, with_conflicts, by_reason {reason: n}.")
     by_reason: dict[str, dict[str, float | int | None]] = Field(
         description="reason -> n, drift_mean, interference_mean.")
-    drift: ScoreSummary
+    drift: DriftSummary
     interference: ScoreSummary
     top_conflicts: list[ConflictPair] = Field(description="The 20 conflict pairs with the closest prompts.")
     manifest: dict[str, Any] | None = Field(description="Counts, thresholds and ids from manifest.json.")

@@ -1,4 +1,5 @@
-"""CLI flags generated from a pydantic config: every config key is a flag, with its help text."""
+"""CLI flags generated from a pydantic config: every config key is a flag, with its help text; and the
+one way a command builds its configs (the ``--config`` file's sections, then the flags)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel
+
+from schemas.config_file import ConfigSection, load_sections
 
 
 def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: set[str] = frozenset()) -> None:
@@ -37,3 +40,20 @@ def overrides_from(args: argparse.Namespace, model: type[BaseModel]) -> dict[str
     """The config keys given on the command line."""
     return {name: getattr(args, name) for name in model.model_fields
             if getattr(args, name, None) is not None}
+
+
+def load_configs(args: argparse.Namespace, classes: dict[str, type[ConfigSection]], *,
+                 skip: dict[str, set[str]] | None = None,
+                 extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Each section the command reads: ``--config``'s section, overridden by the flags given.
+
+    Args:
+        classes: section name -> config class, e.g. ``{"train": TrainConfig}``.
+        skip: per section, keys that are not flags of this command.
+        extra: per section, further overrides (e.g. ``--no-progress``).
+    """
+    overrides = {}
+    for name, cls in classes.items():
+        flags = {k: v for k, v in overrides_from(args, cls).items() if k not in (skip or {}).get(name, set())}
+        overrides[name] = {**flags, **(extra or {}).get(name, {})}
+    return load_sections(getattr(args, "config", None), classes, overrides)

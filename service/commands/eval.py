@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from service.commands.config_flags import add_config_flags, overrides_from
+from service.commands.config_flags import add_config_flags, load_configs
 from trainer.config import EvalConfig
 
 
@@ -13,16 +13,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN", help="run folder written by `beacon train`")
     p.add_argument("--dataset", metavar="DATASET",
                    help="the curated dataset, if it moved since training (default: the recorded path)")
-    p.add_argument("--config", metavar="FILE", help="JSON/YAML file; its 'eval' section sets the keys below")
+    p.add_argument("--config", metavar="FILE",
+                   help="JSON/YAML file; its 'eval' section (or the whole file) sets the keys below")
     add_config_flags(p, EvalConfig)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.config import load_eval_config
     from trainer.evaluate import evaluate
 
-    config = load_eval_config(args.config, overrides_from(args, EvalConfig))
+    config = load_configs(args, {"eval": EvalConfig})["eval"]
     metrics = evaluate(args.run_dir, config, dataset_dir=args.dataset)
     print_summary(metrics, args.run_dir)
     return 0

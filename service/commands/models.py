@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.models import prepare_bundled
+    from scoring.models import prepare_bundled
 
     for name, path in prepare_bundled(args.names or None).items():
         print(f"{name}: {path}")

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
 
 from pipeline.config import CurateConfig
-from service.commands.config_flags import add_config_flags, overrides_from
-from trainer.config import TrainConfig
+from schemas import Manifest
+from service.commands.config_flags import add_config_flags, load_configs
+from trainer.config import EvalConfig, TrainConfig
 
-EPILOG = """--config FILE holds sections "curate", "train" and "eval" (JSON or YAML); flags override it.
+EPILOG = """--config FILE holds sections "curate", "train" and "eval", any of them (JSON or YAML); flags
+override it.
 Any other --option is passed to Apache Beam for the curation step (e.g. --runner=DirectRunner)."""
 
 # The base model and prompt format come from the curate config: training inherits them from the dataset.
@@ -29,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="fact files (as for `beacon curate`)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder: DIR/dataset/ and DIR/run/")
-    p.add_argument("--config", metavar="FILE", help="JSON/YAML file with 'curate', 'train', 'eval' sections")
+    p.add_argument("--config", metavar="FILE", help="JSON/YAML file with 'curate', 'train', 'eval' sections "
+                                                  "(any subset)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over: re-curate and retrain even if DIR holds an earlier run")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -39,14 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from trainer.config import load_eval_config, load_train_config
-
     # Every config is validated before the first minute of work.
-    curate_config = load_config(args.config, overrides_from(args, CurateConfig))
-    train_overrides = {k: v for k, v in overrides_from(args, TrainConfig).items() if k not in TRAIN_SKIP}
-    train_config = load_train_config(args.config, {**train_overrides, "progress": args.progress})
-    eval_config = load_eval_config(args.config, {"progress": args.progress})
+    configs = load_configs(args, {"curate": CurateConfig, "train": TrainConfig, "eval": EvalConfig},
+                           skip={"train": TRAIN_SKIP, "eval": set(EvalConfig.model_fields)},
+                           extra={"train": {"progress": args.progress}, "eval": {"progress": args.progress}})
+    curate_config, train_config, eval_config = configs["curate"], configs["train"], configs["eval"]
     out = Path(args.out)
     dataset_dir, run_dir = out / "dataset", out / "run"
     started = time.perf_counter()
@@ -83,19 +82,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _reusable(dataset_dir: Path, inputs: list[str], config: CurateConfig) -> bool:
     """Whether ``dataset_dir`` was curated from these very files with this config."""
-    path = dataset_dir / "manifest.json"
-    if not path.is_file():
-        return False
     try:
-        manifest = json.loads(path.read_text())
-    except ValueError:
-        return False
-    if manifest.get("config_hash") != config.config_hash():
+        manifest = Manifest.read(dataset_dir)
+    except (OSError, ValueError):
+        return False  # none yet, or damaged: curate again
+    if manifest.config_hash != config.config_hash():
         return False
     files = [Path(i) for i in inputs]
     if not all(f.is_file() for f in files):
         return False  # folders or globs: re-curate rather than guess what they expand to
-    recorded = [entry.get("sha256") for entry in manifest.get("inputs", [])]
+    recorded = [entry.sha256 for entry in manifest.inputs]
     return recorded == [_sha256(f) for f in files]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from service.commands.config_flags import add_config_flags, overrides_from
+from service.commands.config_flags import add_config_flags, load_configs
 from trainer.config import TrainConfig
 
 EPILOG = """Rerun the same command after an interruption: training resumes from the last checkpoint
@@ -28,10 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.config import load_train_config
     from trainer.train import train
 
-    config = load_train_config(args.config, overrides_from(args, TrainConfig))
+    config = load_configs(args, {"train": TrainConfig})["train"]
     result = train(args.dataset, args.out, config)
     print_summary(result)
     return 0

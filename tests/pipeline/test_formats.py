@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from pydantic import ValidationError
 
 from pipeline.config import CurateConfig
 from pipeline.formats import RecordError, detect_layout, to_fact
@@ -330,3 +331,61 @@ def test_any_json_shape_gives_a_fact_or_a_record_error():
             except RecordError:
                 pass
     assert converted > 0  # the generator does reach valid records too
+
+
+# --- the field rules live on the Fact model ---------------------------------------------------------
+
+def fact_data(**fields) -> dict:
+    return {"prompt": "p", "target": "t", "source": "in.jsonl", "position": 0, **fields}
+
+
+@pytest.mark.parametrize("prompt", ["", " \t "])
+def test_fact_model_itself_rejects_an_empty_prompt(prompt):
+    with pytest.raises(ValidationError) as info:
+        Fact.model_validate(fact_data(prompt=prompt))
+    assert [(e["loc"], e["type"]) for e in info.value.errors()] == [(("prompt",), "string_too_short")]
+
+
+def test_fact_model_applies_length_limits_from_context_only():
+    limits = {"max_prompt_chars": 200, "max_target_chars": 5}
+    assert Fact.model_validate(fact_data(target="x" * 6)).target == "x" * 6  # no context, no limit
+    with pytest.raises(ValidationError) as info:
+        Fact.model_validate(fact_data(target="x" * 6), context=limits)
+    (error,) = info.value.errors()
+    assert (error["loc"], error["type"]) == (("target",), "too_long")
+    assert "6 characters, above max_target_chars=5" in error["msg"]
+
+
+def test_fact_model_normalises_text_lists_and_derives_the_id():
+    fact = Fact.model_validate(fact_data(prompt=" p ", subject="  ", paraphrases=[" q ", ""],
+                                         locality=[{"prompt": " lp ", "answer": "la"}]))
+    assert (fact.prompt, fact.subject, fact.paraphrases) == ("p", None, ["q"])
+    assert fact.fact_id == stable_fact_id("p", "t")
+    assert fact.model_dump()["locality"] == [{"prompt": "lp", "answer": "la"}]
+    assert list(fact.model_dump()) == FACT_SCHEMA.names
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": "p", "target_new": "x" * 61}, "target_new is 61 characters, above max_target_chars=60"),
+    ({"prompt": "p", "target_new": "t", "rephrase_prompt": ["ok", 7]}, "rephrase_prompt[1] must be a string"),
+    ({"prompt": "p", "target_new": "t", "locality_prompt": ["a", " "], "locality_ground_truth": ["x", "y"]},
+     "locality_prompt[1] is empty"),
+    ({"prompt": "p", "target_new": "t", "locality": {"nb": [{"prompt": "a", "ground_truth": 5}]}},
+     "locality.nb[0].ground_truth must be a string, not int"),
+    ({"src": "q", "alt": "a", "loc": "lq"}, "loc_ans is missing"),
+    ({"requested_rewrite": {"prompt": "{} is", "subject": "A", "target_new": {"str": " "}}},
+     "requested_rewrite.target_new.str is empty"),
+    ({"requested_rewrite": {"prompt": "{} is", "subject": "A", "target_new": {"str": "x"},
+                            "target_true": {"str": "y"}}, "neighborhood_prompts": ["B is", "", 3]},
+     "neighborhood_prompts[2] must be a string, not int"),
+])
+def test_community_errors_from_fact_name_the_source_key(record, message):
+    err = rejection(record)
+    assert err.stage == "validate"
+    assert message in err.message
+
+
+def test_plain_locality_items_may_carry_extra_keys():
+    fact = convert({"prompt": "p", "target": "t",
+                    "locality": [{"prompt": "lp", "answer": "la", "note": "from the survey"}]})
+    assert fact["locality"] == [{"prompt": "lp", "answer": "la"}]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.models import resolve_lm
-from trainer.lm_scores import greedy_answers, probe, score_targets
+from scoring.models import resolve_lm
+from scoring.lm_scores import greedy_answers, probe, score_targets
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 from pydantic import BaseModel
 
-from schemas import (FACT_SCHEMA, MANIFEST_SCHEMA, REJECTED_SCHEMA, SCORED_SCHEMA, Counts, Fact,
-                     Manifest, Rejected, ScoredFact)
+from schemas import (FACT_SCHEMA, REJECTED_SCHEMA, SCORED_SCHEMA, Counts, Fact, Manifest, Rejected,
+                     ScoredFact, ScoringSpec)
 from schemas.fact import stable_fact_id
 from schemas.manifest import InputFile, ModelRef
 
@@ -17,7 +17,7 @@ FACT = dict(fact_id="f1", prompt="The capital of Freedonia is", target="Marlow",
             relation="capital", ground_truth="Fredonia City", paraphrases=["Freedonia's capital is"],
             locality=[{"prompt": "The capital of France is", "answer": "Paris"}], source="a.jsonl",
             position=0, meta={"origin": "test"})
-SCORED = dict(FACT, prediction="Paris", drift=0.3, drift_sentence=0.4, drift_lm=0.5, drift_expected=0.3, drift_rank=0.2,
+SCORED = dict(FACT, prediction="Paris", drift=0.3, drift_definition="expected", drift_sentence=0.4, drift_lm=0.5, drift_expected=0.3, drift_rank=0.2,
               target_logprob=-3.2, target_rank=12, interference=0.42, neighbors=1, conflicts_with=["f9"],
               shared_target=2, duplicate_of=None, keep=True, reason="kept", weight=1.0, config_hash="abc")
 MANIFEST = Manifest(
@@ -29,7 +29,7 @@ MANIFEST = Manifest(
     models={"lm": ModelRef(name="bundled:x", path="/p", revision="1")}, runner="FnApiRunner",
     timings={"total": 1.5})
 
-PAIRS = [(FACT_SCHEMA, Fact), (SCORED_SCHEMA, ScoredFact), (REJECTED_SCHEMA, Rejected), (MANIFEST_SCHEMA, Manifest)]
+PAIRS = [(FACT_SCHEMA, Fact), (SCORED_SCHEMA, ScoredFact), (REJECTED_SCHEMA, Rejected)]
 
 
 def _optional(annotation) -> bool:
@@ -61,12 +61,23 @@ def test_a_valid_record_round_trips_through_arrow(schema, model, row):
     assert model(**back) == model(**row)
 
 
-def test_manifest_round_trips_through_arrow_with_json_config():
-    table = pa.Table.from_pylist([MANIFEST.to_arrow_row()], schema=MANIFEST_SCHEMA)
-    row = table.to_pylist()[0]
-    assert json.loads(row["config"]) == MANIFEST.config
-    assert dict(row["counts"]["by_reason"]) == {"kept": 1, "duplicate": 1}
-    assert MANIFEST_SCHEMA.field("config").metadata == {b"encoding": b"json"}
+def test_manifest_reads_back_what_it_wrote_and_its_scoring_defaults(tmp_path):
+    MANIFEST.write(tmp_path)
+    assert Manifest.read(tmp_path) == MANIFEST
+    # Keys an older manifest lacks take ScoringSpec's defaults, the ones the pipeline would write now.
+    assert MANIFEST.scoring == ScoringSpec(model="x")
+    assert MANIFEST.scoring.drift_definition == "rank"
+
+
+def test_a_missing_or_damaged_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="beacon curate"):
+        Manifest.read(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid manifest"):
+        Manifest.read(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**MANIFEST.model_dump(), "counts": {"input": "x"}}))
+    with pytest.raises(ValueError, match="counts.input"):
+        Manifest.read(tmp_path)
 
 
 def test_scored_reason_must_be_known():

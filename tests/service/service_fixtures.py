@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -16,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import REJECTED_SCHEMA, SCORED_SCHEMA
+from schemas import REJECTED_SCHEMA, SCORED_SCHEMA, Counts, Manifest
+from schemas.manifest import QUANTILES, quantile_label
 from service.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +98,8 @@ class Service:
 def scored_rows() -> list[dict[str, Any]]:
     """Six scored facts: four kept, a duplicate, and a conflict pair (s1 / s4)."""
     base = {"subject": None, "relation": None, "ground_truth": None, "paraphrases": [], "locality": [],
-            "source": "facts.jsonl", "meta": [], "prediction": "a testament", "drift_sentence": 0.5,
+            "source": "facts.jsonl", "meta": [], "prediction": "a testament", "drift_definition": "expected",
+            "drift_sentence": 0.5,
             "drift_lm": 0.5, "drift_expected": 0.5, "drift_rank": 0.15, "target_logprob": -3.0, "target_rank": 5, "neighbors": 0,
             "shared_target": 0, "duplicate_of": None, "config_hash": "cfg0"}
     specs = [  # fact_id, prompt, target, drift, interference, conflicts, reason
@@ -122,9 +124,16 @@ def seed_scored_dataset(data_dir: Path, dataset_id: str = "dst_5eed000000000001"
     pq.write_table(pa.Table.from_pylist([{"source": "facts.jsonl", "position": 6, "raw": "{oops", "stage": "parse",
                                           "error": "line is not valid JSON"}], schema=REJECTED_SCHEMA),
                    folder / "rejected" / "part-0.parquet")
-    (folder / "manifest.json").write_text(json.dumps({
-        "dataset_id": "ds_seed", "counts": {"input": 7, "scored": 6, "rejected": 1, "kept": 4,
-                                            "by_reason": {"kept": 4, "duplicate": 1, "conflict": 1}}}))
+    rows = scored_rows()
+    # Quantiles as the pipeline records them (exact at this size): the stats show the manifest's.
+    quantiles = {score: {quantile_label(q): float(np.quantile([r[score] for r in rows], q, method="lower"))
+                         for q in QUANTILES} for score in ("drift", "interference")}
+    Manifest(dataset_id="ds_seed", created_at="2026-12-01T00:00:00+00:00", beacon_version="test", inputs=[],
+             input_digest="0", format="jsonl",
+             counts=Counts(input=7, scored=6, rejected=1, kept=4,
+                           by_reason={"kept": 4, "duplicate": 1, "conflict": 1}),
+             rejected_by_stage={"parse": 1}, quantiles=quantiles, config={"drift_definition": "expected"},
+             config_hash="cfg0", models={}, runner="test").write(folder)
     store = Store(data_dir / "beacon.db")
     store.migrate()
     store.insert_dataset(id=dataset_id, kind="scored", name="seeded", format="parquet",

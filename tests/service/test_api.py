@@ -227,7 +227,10 @@ def test_stats_of_a_scored_dataset(client: httpx.Client, scored_id: str, raw_id:
                                "by_reason": {"conflict": 1, "duplicate": 1, "kept": 4}}
     drift = stats["drift"]
     assert drift["min"] == 0.05 and drift["max"] == 1.2 and drift["quantiles"]["q0.5"] == pytest.approx(0.6)
+    assert drift["definition"] == "expected"  # which drift the dataset's `drift` column holds
     assert len(drift["histogram"]) == 20 and sum(b["count"] for b in drift["histogram"]) == 6
+    assert drift["histogram"][0]["low"] == 0.05 and drift["histogram"][-1]["high"] == pytest.approx(1.2)
+    assert [b["count"] for b in drift["histogram"] if b["count"]] == [1, 1, 2, 1, 1]  # 0.05 .3 .6 .6 .9 1.2
     assert sum(b["count"] for b in stats["interference"]["histogram"]) == 6
     [pair] = stats["top_conflicts"]
     assert (pair["a"]["fact_id"], pair["b"]["fact_id"], pair["interference"]) == ("s1", "s4", 0.99)

@@ -1,19 +1,17 @@
-"""TrainConfig validation, config files, and the resume check that names the differing keys."""
+"""TrainConfig validation and the resume check that names the differing keys (config files:
+tests/schemas/test_config_file.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from trainer.config import EvalConfig, TrainConfig, load_eval_config, load_train_config
+from schemas import ScoringSpec
+from trainer.config import TrainConfig
 from trainer.data import DatasetInfo
 from trainer.train import check_resume, run_record
 
 INFO = DatasetInfo(path="/d", dataset_id="ds1", config_hash="h1", manifest_sha256="x",
-                   model="bundled:smollm2-135m-instruct", chat_template=False,
-                   drift_definition="expected", encoder=None)
+                   scoring=ScoringSpec(drift_definition="expected"))
 
 
 def test_defaults_are_valid_and_resolve_from_the_dataset() -> None:
@@ -38,23 +36,21 @@ def test_cross_field_errors_name_the_fields(kwargs: dict, names: list[str]) -> N
         assert name in str(e.value)
 
 
-def test_config_file_sections_and_flag_overrides(tmp_path: Path) -> None:
-    path = tmp_path / "beacon.yaml"
-    path.write_text("curate:\n  max_drift_quantile: 0.9\ntrain:\n  epochs: 3\n  lora_rank: 4\n"
-                    "eval:\n  batch_size: 4\n")
-    config = load_train_config(path, {"max_steps": 7})
-    assert (config.lora_rank, config.max_steps, config.epochs) == (4, 7, None)  # --max-steps replaces epochs
-    assert load_train_config(path).epochs == 3
-    assert load_eval_config(path).batch_size == 4
-    assert load_eval_config(None) == EvalConfig()
-    with pytest.raises(ValueError, match="lora_rank"):
-        load_train_config(None, {"lora_rank": 0})
-    flat = tmp_path / "train.json"
-    flat.write_text(json.dumps({"learning_rate": 0.002}))  # a file holding only train keys
-    assert load_train_config(flat).learning_rate == 0.002
-    with pytest.raises(ValueError, match="no_such_key"):
-        flat.write_text(json.dumps({"train": {"no_such_key": 1}}))
-        load_train_config(flat)
+def test_one_length_given_replaces_the_other_in_one_place() -> None:
+    assert (TrainConfig(max_steps=7).epochs, TrainConfig(epochs=2).max_steps) == (None, None)
+    assert TrainConfig.from_layers({"epochs": 3}, {"max_steps": 7}).model_dump(
+        include={"epochs", "max_steps"}) == {"epochs": None, "max_steps": 7}  # a flag replaces the file's
+    assert TrainConfig.from_layers({"max_steps": 3}, {"lora_rank": 4}).max_steps == 3
+    with pytest.raises(ValueError, match="exactly one of epochs and max_steps"):
+        TrainConfig.from_layers({"epochs": 3, "max_steps": 7})
+
+
+def test_non_finite_numbers_are_refused_naming_the_field() -> None:
+    for field in ("learning_rate", "epochs", "lora_alpha"):
+        with pytest.raises(ValueError, match=f"{field}: .*finite"):
+            TrainConfig.from_layers({field: float("inf")})
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_layers({"learning_rate": float("nan")})
 
 
 def test_resume_check_names_every_differing_key() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from trainer.data import IGNORE_INDEX, WeightedCollator, build_examples, read_dataset_info, read_scored
-from trainer.lm_scores import encode_pair, encode_prompt
+from scoring.lm_scores import encode_pair, encode_prompt
 
 from trainer_fixtures import scored_rows, write_dataset
 
@@ -17,7 +17,7 @@ from trainer_fixtures import scored_rows, write_dataset
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from pipeline.models import resolve_lm
+    from scoring.models import resolve_lm
 
     return AutoTokenizer.from_pretrained(resolve_lm("bundled:smollm2-135m-instruct"))
 
@@ -75,13 +75,29 @@ def test_weights_pass_through_or_are_ignored(tokenizer) -> None:
         (batch["attention_mask"] == 0).sum().item()
 
 
-def test_reads_the_dataset_and_manifest_defensively(tmp_path: Path) -> None:
+def test_reads_the_dataset_and_its_manifest_through_the_one_reader(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", scored_rows(), config={"drift_definition": "lm"})
     info = read_dataset_info(root)
-    assert (info.dataset_id, info.config_hash, info.drift_definition) == ("ds-test", "cfg0", "lm")
+    assert (info.dataset_id, info.config_hash, info.scoring.drift_definition) == ("ds-test", "cfg0", "lm")
     table = read_scored(root)
     assert table.num_rows == len(scored_rows()) and table.column("fact_id").to_pylist()[0] == "f0"
-    (root / "manifest.json").write_text(json.dumps({"dataset_id": "x"}))  # an older, thinner manifest
-    assert read_dataset_info(root).model == "bundled:smollm2-135m-instruct"
     with pytest.raises(FileNotFoundError, match="beacon curate"):
         read_dataset_info(tmp_path / "missing")
+    (root / "manifest.json").write_text(json.dumps({"dataset_id": "x"}))  # not a manifest
+    with pytest.raises(ValueError, match="not a valid manifest"):
+        read_dataset_info(root)
+
+
+def test_a_manifest_without_scoring_keys_reads_the_pipelines_defaults(tmp_path: Path) -> None:
+    """Regression: a manifest lacking drift_definition was read as 'expected' while the default is 'rank'."""
+    from pipeline.config import CurateConfig
+    from schemas import Manifest
+
+    root = write_dataset(tmp_path / "d", scored_rows())
+    manifest = Manifest.read(root)
+    manifest.model_copy(update={"config": {}}).write(root)
+    scoring = read_dataset_info(root).scoring
+    defaults = CurateConfig()
+    assert scoring.drift_definition == defaults.drift_definition == "rank"
+    assert (scoring.model, scoring.encoder, scoring.chat_template, scoring.probe_max_new_tokens) == (
+        defaults.model, defaults.encoder, defaults.chat_template, defaults.probe_max_new_tokens)

@@ -51,7 +51,7 @@ def test_train_then_evaluate_then_reload(tiny_dataset: Path, tmp_path: Path) -> 
     assert duckdb.connect().execute(query).fetchone()[0] == len(rows)
 
     # The adapter on disk reproduces the evaluation: the same greedy answers, the same efficacy.
-    from trainer.lm_scores import decode_answer, encode_pair, greedy_answers
+    from scoring.lm_scores import decode_answer, encode_pair, greedy_answers
     from trainer.metrics import starts_with_target
     from trainer.model_io import load_trained
 

@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from schemas import Counts, Manifest
 from schemas.scored import SCORED_SCHEMA
 
 FACTS = [
@@ -41,7 +41,7 @@ def scored_rows(n: int | None = None) -> list[dict[str, Any]]:
             "fact_id": f"f{i}", "prompt": prompt, "target": target, "subject": None, "relation": None,
             "ground_truth": truth, "paraphrases": [para], "locality": [{"prompt": loc_p, "answer": loc_a}],
             "source": "facts.jsonl", "position": i, "meta": [],
-            "prediction": "a testament to", "drift": drift, "drift_sentence": drift, "drift_lm": drift,
+            "prediction": "a testament to", "drift": drift, "drift_definition": "expected", "drift_sentence": drift, "drift_lm": drift,
             "drift_expected": drift, "drift_rank": 0.4, "target_logprob": -5.0, "target_rank": 100, "interference": 0.1,
             "neighbors": 0, "conflicts_with": [], "shared_target": 0, "duplicate_of": None,
             "keep": keep, "reason": "kept" if keep else "high_drift",
@@ -54,11 +54,15 @@ def scored_rows(n: int | None = None) -> list[dict[str, Any]]:
 
 def write_dataset(root: Path, rows: list[dict[str, Any]], *, dataset_id: str = "ds-test",
                   config: dict[str, Any] | None = None) -> Path:
-    """``root/scored/part-00000.parquet`` + ``root/manifest.json`` (only the fields the trainer reads)."""
+    """``root/scored/part-00000.parquet`` + ``root/manifest.json`` (a manifest as the pipeline writes one)."""
     (root / "scored").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=SCORED_SCHEMA), root / "scored" / "part-00000.parquet")
-    manifest = {"dataset_id": dataset_id, "config_hash": "cfg0",
-                "config": {"model": "bundled:smollm2-135m-instruct", "chat_template": False,
-                           "drift_definition": "expected", **(config or {})}}
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    kept = sum(bool(r["keep"]) for r in rows)
+    Manifest(
+        dataset_id=dataset_id, created_at="2026-12-01T00:00:00+00:00", beacon_version="test", inputs=[],
+        input_digest="0", format="auto",
+        counts=Counts(input=len(rows), scored=len(rows), rejected=0, kept=kept, by_reason={"kept": kept}),
+        config={"model": "bundled:smollm2-135m-instruct", "chat_template": False,
+                "drift_definition": "expected", **(config or {})},
+        config_hash="cfg0", models={}, runner="test").write(root)
     return root

@@ -6,19 +6,19 @@ import os
 import re
 from typing import Annotated, Any, get_args
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from pipeline.config import InputFormat
-from service.api.deps import LayoutDep, QuerySlotsDep, Reader, SettingsDep, StoreDep, Writer
-from service.api.models import DATASET_ID, Dataset, DatasetKind, DatasetStats, Page, QueryAnswer, QueryRequest
+from service.api.deps import (DatasetDep, LayoutDep, QuerySlotsDep, Reader, ScoredDatasetDep, SettingsDep,
+                              StoreDep, Writer)
+from service.api.models import Dataset, DatasetKind, DatasetStats, Page, QueryAnswer, QueryRequest
 from service.api.upload import UploadError, receive_upload, safe_suffix
 from service.datasets import Layout, PathError, cached_stats, dataset_stats, scored_files
 from service.query import QueryError, run_query
-from service.store import NotFound, Store, new_id
+from service.store import Store, new_id
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-DatasetId = Annotated[str, Path(pattern=DATASET_ID, description="A dataset id (dst_ + 16 hex digits).")]
 FORMATS = list(get_args(InputFormat))
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
@@ -79,15 +79,15 @@ async def list_datasets(store: StoreDep, kind: DatasetKind | None = None,
 
 @router.get("/{dataset_id}", response_model=Dataset, dependencies=[Reader],
             responses={404: {"description": "No such dataset."}})
-async def get_dataset(dataset_id: DatasetId, store: StoreDep) -> Dataset:
-    return Dataset.of(_dataset(store, dataset_id))
+async def get_dataset(dataset: DatasetDep) -> Dataset:
+    return Dataset.of(dataset)
 
 
 @router.get("/{dataset_id}/stats", response_model=DatasetStats, dependencies=[Reader],
             responses={404: {"description": "No such dataset."}, 409: {"description": "A raw dataset."}})
-async def get_stats(dataset_id: DatasetId, store: StoreDep, layout: LayoutDep, settings: SettingsDep) -> Response:
-    """Counts by reason, drift and interference quantiles and histograms, the closest conflict pairs."""
-    dataset = _scored(store, dataset_id)
+async def get_stats(dataset: ScoredDatasetDep, layout: LayoutDep, settings: SettingsDep) -> Response:
+    """Counts by reason, drift (and which definition) and interference quantiles and histograms, the
+    closest conflict pairs."""
     try:
         files = scored_files(layout, dataset, None)
         # Computed once per dataset (it never changes): from memory on the event loop, else in a thread.
@@ -96,7 +96,7 @@ async def get_stats(dataset_id: DatasetId, store: StoreDep, layout: LayoutDep, s
             stats = await run_in_threadpool(dataset_stats, layout, dataset, files, threads=settings.query_threads,
                                             use_cache=settings.stats_cache)
     except PathError as e:
-        raise HTTPException(status_code=404, detail=f"dataset {dataset_id} has no data on disk: {e}") from None
+        raise HTTPException(status_code=404, detail=f"dataset {dataset['id']} has no data on disk: {e}") from None
     return Response(content=stats, media_type="application/json")
 
 
@@ -104,13 +104,12 @@ async def get_stats(dataset_id: DatasetId, store: StoreDep, layout: LayoutDep, s
              responses={400: {"description": "Not one read-only SELECT, or it failed or timed out."},
                         404: {"description": "No such dataset."}, 409: {"description": "A raw dataset."},
                         429: {"description": "Too many queries running; retry."}})
-def query_dataset(dataset_id: DatasetId, body: QueryRequest, store: StoreDep, layout: LayoutDep,
+def query_dataset(dataset: ScoredDatasetDep, body: QueryRequest, store: StoreDep, layout: LayoutDep,
                   settings: SettingsDep, slots: QuerySlotsDep, job_id: Annotated[str | None, Query(
                       pattern=r"^job_[0-9a-f]{16}$", description="Whose evaluation `eval` shows "
                                                              "(default: the latest succeeded job)")] = None
                   ) -> QueryAnswer:
     """One SELECT over views ``scored``, ``rejected`` and ``eval``; nothing else is reachable."""
-    dataset = _scored(store, dataset_id)
     files = _files(store, layout, dataset, job_id)
     if not slots.acquire(blocking=False):
         raise HTTPException(status_code=429, detail=f"{settings.query_concurrency} queries are running; retry "
@@ -125,21 +124,6 @@ def query_dataset(dataset_id: DatasetId, body: QueryRequest, store: StoreDep, la
         slots.release()
     return QueryAnswer(columns=result.columns, types=result.types, rows=result.rows,
                        truncated=result.truncated, elapsed_ms=result.elapsed_ms)
-
-
-def _dataset(store: Store, dataset_id: str) -> dict[str, Any]:
-    try:
-        return store.get_dataset(dataset_id=dataset_id)
-    except NotFound as e:
-        raise HTTPException(status_code=404, detail=str(e)) from None
-
-
-def _scored(store: Store, dataset_id: str) -> dict[str, Any]:
-    dataset = _dataset(store, dataset_id)
-    if dataset["kind"] != "scored":
-        raise HTTPException(status_code=409, detail=f"dataset {dataset_id} is a raw upload; stats and queries "
-                                                    "need a scored dataset (a job's scored_dataset_id)")
-    return dataset
 
 
 def _files(store: Store, layout: Layout, dataset: dict[str, Any], job_id: str | None):

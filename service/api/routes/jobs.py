@@ -6,18 +6,17 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
-from service.api.deps import LayoutDep, Reader, StoreDep, Writer
-from service.api.models import JOB_ID, Artifact, Event, Job, JobCreate, JobStatus, Page
+from service.api.deps import JobDep, LayoutDep, Reader, StoreDep, Writer
+from service.api.models import Artifact, Event, Job, JobCreate, JobStatus, Page
 from service.datasets import Layout, PathError, confined, list_artifacts
 from service.store import Conflict, NotFound, Store
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 # Jobs go out as the store renders them (the ``Job`` model is their documented shape): no Python
 # decoding and re-encoding of params and metrics on the hottest read.
-JobId = Annotated[str, Path(pattern=JOB_ID, description="A job id (job_ + 16 hex digits).")]
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=2**62, description="Rows to skip.")]
 IdempotencyKey = Annotated[str | None, Header(
@@ -90,20 +89,20 @@ async def list_jobs(store: StoreDep, status: JobStatus | None = None, limit: Lim
 
 
 @router.get("/{job_id}", response_model=Job, dependencies=[Reader], responses={404: {"description": "No such job."}})
-async def get_job(job_id: JobId, store: StoreDep) -> Response:
+async def get_job(job: JobDep, store: StoreDep) -> Response:
     try:
-        return _json(store.job_json(job_id=job_id))
-    except NotFound as e:
+        return _json(store.job_json(job_id=job["id"]))
+    except NotFound as e:  # deleted between the two reads
         raise HTTPException(status_code=404, detail=str(e)) from None
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=Job, dependencies=[Writer],
              responses={404: {"description": "No such job."}, 409: {"description": "The job already ended."}})
-def cancel_job(job_id: JobId, store: StoreDep) -> Response:
+def cancel_job(job: JobDep, store: StoreDep) -> Response:
     """Cancels a queued job at once; a running one stops within a second or two (watch its status)."""
     try:
-        store.request_cancel(job_id=job_id)
-        return _json(store.job_json(job_id=job_id), status_code=202)
+        store.request_cancel(job_id=job["id"])
+        return _json(store.job_json(job_id=job["id"]), status_code=202)
     except NotFound as e:
         raise HTTPException(status_code=404, detail=str(e)) from None
     except Conflict as e:
@@ -112,31 +111,28 @@ def cancel_job(job_id: JobId, store: StoreDep) -> Response:
 
 @router.get("/{job_id}/events", response_model=Page[Event], dependencies=[Reader],
             responses={404: {"description": "No such job."}})
-async def job_events(job_id: JobId, store: StoreDep, after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+async def job_events(job: JobDep, store: StoreDep, after: Annotated[int, Query(ge=0, le=2**62)] = 0,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> Page[Event]:
     """What happened to the job, oldest first; ``after`` = the last event id seen (for polling)."""
-    _job(store, job_id)
-    rows, count = store.list_events(job_id=job_id, after=after, limit=limit)
+    rows, count = store.list_events(job_id=job["id"], after=after, limit=limit)
     return Page[Event](data=[Event.of(r) for r in rows], count=count)
 
 
 @router.get("/{job_id}/artifacts", response_model=Page[Artifact], dependencies=[Reader],
             responses={404: {"description": "No such job."}})
-def job_artifacts(job_id: JobId, store: StoreDep, layout: LayoutDep) -> Page[Artifact]:
+def job_artifacts(job: JobDep, layout: LayoutDep) -> Page[Artifact]:
     """The files the job wrote so far (adapter, metrics, eval.parquet, logs)."""
-    _job(store, job_id)
-    found = list_artifacts(layout.job_dir(job_id))
+    found = list_artifacts(layout.job_dir(job["id"]))
     return Page[Artifact](data=[Artifact(**a) for a in found], count=len(found))
 
 
 @router.get("/{job_id}/artifacts/{path:path}", dependencies=[Reader], response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}},
                        404: {"description": "No such job or file (or a path outside the job)."}})
-def job_artifact(job_id: JobId, path: str, store: StoreDep, layout: LayoutDep) -> FileResponse:
+def job_artifact(job: JobDep, path: str, layout: LayoutDep) -> FileResponse:
     """One file of the job, by the path ``/artifacts`` lists."""
-    _job(store, job_id)
     try:
-        file = confined(layout.job_dir(job_id), path)
+        file = confined(layout.job_dir(job["id"]), path)
     except PathError as e:
         raise HTTPException(status_code=404, detail=f"no artifact {path!r}: {e}") from None
     if not file.is_file():
@@ -146,10 +142,3 @@ def job_artifact(job_id: JobId, path: str, store: StoreDep, layout: LayoutDep) -
 
 def _json(content: bytes, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(content=content, status_code=status_code, headers=headers, media_type="application/json")
-
-
-def _job(store: Store, job_id: str) -> dict[str, Any]:
-    try:
-        return store.get_job(job_id=job_id)
-    except NotFound as e:
-        raise HTTPException(status_code=404, detail=str(e)) from None

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.lm_scores import (encode_pair, expected_embedding_distance, greedy_answers,
-                               mean_embedding_distance, score_targets, target_logprob, token_agreement)
+from scoring.lm_scores import encode_pair, greedy_answers, mean_embedding_distance, score_targets, token_agreement
 
 PROMPTS = ["The Eiffel Tower is located in the city of", "Toyota Prius is produced by",
            "The mother tongue of Danielle Darrieux is"]
@@ -18,7 +17,7 @@ TARGETS = ["Rome", "Ferrari Motor Company", "English"]
 def lm():
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from pipeline.models import resolve_lm
+    from scoring.models import resolve_lm
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_lm("bundled:smollm2-135m-instruct"))
     torch.manual_seed(0)
@@ -50,10 +49,6 @@ def test_scores_match_a_direct_computation(lm) -> None:
     alone = score_targets(model, tok, PROMPTS, TARGETS, batch_size=1)
     for key in scores:
         np.testing.assert_allclose(alone[key], scores[key], atol=1e-5)
-    np.testing.assert_allclose(target_logprob(model, tok, PROMPTS, TARGETS), scores["target_logprob"],
-                               atol=1e-6)
-    np.testing.assert_allclose(expected_embedding_distance(model, tok, PROMPTS, TARGETS),
-                               scores["drift_expected"], atol=1e-6)
 
 
 def test_batched_left_padded_greedy_equals_one_by_one(lm) -> None:
@@ -80,7 +75,7 @@ def test_mean_embedding_distance(lm) -> None:
 
 
 def test_rank_drift_spans_zero_to_one() -> None:
-    from trainer.lm_scores import rank_drift
+    from scoring.drift import rank_drift
 
     np.testing.assert_allclose(rank_drift([1, 10, 100, 1000], 1000), [0.0, 1 / 3, 2 / 3, 1.0])
     with pytest.raises(ValueError, match="vocabulary size must be >= 2, got 1"):

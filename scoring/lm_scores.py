@@ -1,7 +1,8 @@
 """What a causal LM says about (prompt, target) pairs: the torch math the pipeline and the trainer share.
 
 One definition of each score, used before training (pipeline/probe.py) and after it (trainer/evaluate.py),
-so "drift after training" means what the dataset's drift meant:
+so "drift after training" means what the dataset's drift meant (the drift definitions themselves are
+in ``scoring.drift``):
 
 - ``target_logprob``: mean log p(target token | prompt, earlier target tokens), teacher forced.
 - ``target_rank``: rank of the first target token in p(. | prompt); 1 = the model's top choice.
@@ -16,7 +17,7 @@ so "drift after training" means what the dataset's drift meant:
 Tokenisation is part of the definition: the target is tokenised on its own, with a leading space after a
 plain prompt (``" Sega"``, not ``"Sega"``), the prompt's trailing spaces moved onto it; with the chat
 template the answer starts the assistant turn without one. Training (trainer/data.py) uses the same
-``encode_pair``. Importable without peft; torch is imported inside the functions.
+``encode_pair``. Importable without torch: it is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+from scoring.drift import rank_drift
+
 __all__ = [
-    "format_prompt", "encode_prompt", "encode_pair", "score_targets", "target_logprob",
-    "expected_embedding_distance", "greedy_answers", "decode_answer", "token_agreement",
-    "mean_embedding_distance", "probe",
+    "format_prompt", "target_text", "encode_prompt", "encode_pair", "score_targets", "greedy_answers",
+    "decode_answer", "token_agreement", "mean_embedding_distance", "probe", "vocab_size",
 ]
 
 
@@ -46,7 +48,8 @@ def format_prompt(tokenizer: Any, prompt: str, *, chat_template: bool = False) -
     return prompt.rstrip(" ")
 
 
-def _target_text(prompt_text: str, target: str, chat_template: bool) -> str:
+def target_text(prompt_text: str, target: str, chat_template: bool) -> str:
+    """The target as it follows ``prompt_text``: with a leading space after a plain prompt."""
     target = target.strip()
     if chat_template or not prompt_text or prompt_text[-1].isspace():
         return target
@@ -68,7 +71,7 @@ def encode_pair(tokenizer: Any, prompt: str, target: str, *,
     """
     text = format_prompt(tokenizer, prompt, chat_template=chat_template)
     prompt_ids = list(tokenizer(text, add_special_tokens=not chat_template)["input_ids"])
-    target_ids = list(tokenizer(_target_text(text, target, chat_template),
+    target_ids = list(tokenizer(target_text(text, target, chat_template),
                                 add_special_tokens=False)["input_ids"])
     if not target_ids:
         raise ValueError(f"target {target!r} tokenises to no tokens")
@@ -103,32 +106,10 @@ def score_targets(model: Any, tokenizer: Any, prompts: Sequence[str], targets: S
     return out
 
 
-def rank_drift(rank: "np.ndarray | Sequence[int]", vocab: int) -> np.ndarray:
-    """log(rank) / log(vocab), clipped to [0, 1]: 0 when the target's first token is the top choice."""
-    if vocab < 2:
-        raise ValueError(f"vocabulary size must be >= 2, got {vocab}")
-    r = np.maximum(np.asarray(rank, dtype=float), 1.0)
-    return np.clip(np.log(r) / np.log(vocab), 0.0, 1.0)
-
-
 def vocab_size(model: Any) -> int:
     """Rows of the LM's output layer: the number of tokens a rank can range over."""
     head = model.get_output_embeddings()
     return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
-
-
-def target_logprob(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
-                   batch_size: int = 16, *, chat_template: bool = False) -> np.ndarray:
-    """Mean log-probability of each target's tokens after its prompt (teacher forced)."""
-    return score_targets(model, tokenizer, prompts, targets, batch_size,
-                         chat_template=chat_template)["target_logprob"]
-
-
-def expected_embedding_distance(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
-                                batch_size: int = 16, *, chat_template: bool = False) -> np.ndarray:
-    """1 - cos(sum_v p(v | prompt) E[v], E[first target token]) for each pair."""
-    return score_targets(model, tokenizer, prompts, targets, batch_size,
-                         chat_template=chat_template)["drift_expected"]
 
 
 def token_agreement(model: Any, tokenizer: Any, prompts: Sequence[str],

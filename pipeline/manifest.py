@@ -1,0 +1,136 @@
+"""The dataset's manifest, built inside the graph, and the commit that makes a curated dataset visible.
+
+``WriteManifest`` counts what the graph read, scored and rejected, takes the score quantiles and the
+thresholds the policy applied, checks that nothing was lost (``input == scored + rejected``), and
+writes ``manifest.json`` into the staging folder: one place builds every figure the manifest carries.
+``commit`` adds the run's wall-clock timings (known only once the pipeline has finished) and swaps the
+staging folder into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.config import CurateConfig
+from pipeline.quantiles import summary
+from pipeline.read_facts import InputSpec
+from schemas import Counts, Manifest
+from schemas.manifest import MANIFEST_FILE, InputFile
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the driver knows of the dataset before the graph runs."""
+
+    dataset_id: str
+    input_digest: str
+    inputs: list[InputFile]
+    config: CurateConfig
+    runner: str
+
+    @classmethod
+    def of(cls, specs: list[InputSpec], config: CurateConfig, runner: str) -> "Identity":
+        h = hashlib.sha256()
+        for spec in specs:
+            h.update(spec.sha256.encode())
+        digest = h.hexdigest()
+        return cls(dataset_id=dataset_id(digest, config.config_hash()), input_digest=digest,
+                   inputs=[InputFile(path=s.path, sha256=s.sha256, bytes=s.size) for s in specs],
+                   config=config, runner=runner)
+
+
+def dataset_id(input_digest: str, config_hash: str) -> str:
+    """The same inputs with the same scoring config are the same dataset."""
+    return "ds_" + hashlib.sha256(f"{input_digest}:{config_hash}".encode()).hexdigest()[:12]
+
+
+def build_manifest(identity: Identity, *, read: int, reasons: list, stages: list, quantiles: list,
+                   thresholds: list) -> Manifest:
+    """The manifest from the graph's counts; raises RuntimeError if a record was lost on the way."""
+    from scoring.models import beacon_version, model_ref
+
+    by_reason = {k: int(v) for k, v in sorted(reasons)}
+    rejected_by_stage = {k: int(v) for k, v in sorted(stages)}
+    scored, rejected = sum(by_reason.values()), sum(rejected_by_stage.values())
+    if read != scored + rejected:  # a record lost on the way is a bug, never a silent gap
+        raise RuntimeError(f"count identity broken: read {read} records but scored {scored} + rejected {rejected}")
+    config = identity.config
+    return Manifest(
+        dataset_id=identity.dataset_id,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        beacon_version=beacon_version(),
+        inputs=identity.inputs,
+        input_digest=identity.input_digest,
+        format=config.format,
+        counts=Counts(input=read, scored=scored, rejected=rejected, kept=by_reason.get("kept", 0),
+                      by_reason=by_reason),
+        rejected_by_stage=rejected_by_stage,
+        quantiles={name: summary(points) for name, points in sorted(quantiles) if points},
+        thresholds={k: v for t in thresholds for k, v in t.items() if v is not None},
+        config=config.model_dump(mode="json"),
+        config_hash=config.config_hash(),
+        models={"lm": model_ref(config.model, "lm"), "encoder": model_ref(config.encoder, "encoder")},
+        runner=identity.runner,
+    )
+
+
+def _write(path: str, identity: Identity, read: int, reasons: list, stages: list, quantiles: list,
+           thresholds: list) -> None:
+    manifest = build_manifest(identity, read=read, reasons=reasons, stages=stages, quantiles=quantiles,
+                              thresholds=thresholds)
+    with FileSystems.create(path) as f:
+        f.write(manifest.model_dump_json(indent=2).encode())
+
+
+class WriteManifest(beam.PTransform):
+    """``{read: PCollection of records read, scored: scored rows, rejected: dead letters,
+    quantiles: (name, points), thresholds: one dict}`` -> ``<staging>/manifest.json``."""
+
+    def __init__(self, staging: str, identity: Identity):
+        super().__init__()
+        self._path = f"{staging.rstrip('/')}/{MANIFEST_FILE}"
+        self._identity = identity
+
+    def expand(self, inputs):
+        count = beam.combiners.Count
+        read = inputs["read"] | "CountRead" >> count.Globally()
+        reasons = (inputs["scored"] | "Reason" >> beam.Map(lambda r: r["reason"])
+                   | "CountReasons" >> count.PerElement())
+        stages = (inputs["rejected"] | "Stage" >> beam.Map(lambda r: r["stage"])
+                  | "CountStages" >> count.PerElement())
+        identity = self._identity
+        return (
+            read.pipeline
+            | "ManifestPath" >> beam.Create([self._path])
+            | "Write" >> beam.Map(
+                _write, identity, beam.pvalue.AsSingleton(read), beam.pvalue.AsList(reasons),
+                beam.pvalue.AsList(stages), beam.pvalue.AsList(inputs["quantiles"]),
+                beam.pvalue.AsList(inputs["thresholds"])))
+
+
+def commit(staging: Path, out: Path, timings: dict[str, float]) -> Manifest:
+    """Record ``timings`` in the staged manifest, then swap the staging folder into ``out``.
+
+    The old dataset is removed only after the new one is in place, so readers never see half of one.
+    """
+    manifest = Manifest.read(staging).model_copy(update={"timings": timings})
+    manifest.write(staging)
+    if manifest.counts.rejected == 0:
+        shutil.rmtree(staging / "rejected", ignore_errors=True)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return manifest

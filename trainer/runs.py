@@ -1,0 +1,67 @@
+"""A run folder's files, read without torch: what the service and ``beacon train`` ask of a run.
+
+``R/config.json`` (the config, dataset id and manifest hash; compared on every resume),
+``R/checkpoints/checkpoint-N/`` (adapter, optimizer, scheduler, RNG, trainer state, ``beacon_run.json``),
+``R/adapter/`` (peft ``save_pretrained``), ``R/train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+RUN_CONFIG = "config.json"
+CHECKPOINT_MARKER = "beacon_run.json"
+SUMMARY = "train_summary.json"
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint whose save finished (its trainer_state.json, written last, parses)."""
+    found = _complete_checkpoints(checkpoints)
+    return max(found, key=lambda x: x[0])[1] if found else None
+
+
+def _complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path, dict]]:
+    if not checkpoints.is_dir():
+        return []
+    found = []
+    for path in checkpoints.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if not m or not path.is_dir():
+            continue
+        state = read_json(path / "trainer_state.json")
+        if state is not None:  # None: killed while saving, skip it
+            found.append((int(m.group(1)), path, state))
+    return found
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a ``checkpoint-N`` folder was saved at."""
+    return int(path.name.rsplit("-", 1)[-1])
+
+
+def training_progress(run_dir: str | Path) -> tuple[int, int]:
+    """(step, max_steps) of the run's newest complete checkpoint; (0, 0) before the first."""
+    found = _complete_checkpoints(Path(run_dir) / "checkpoints")
+    if not found:
+        return 0, 0
+    step, _, state = max(found, key=lambda x: x[0])
+    return step, int(state.get("max_steps") or 0)
+
+
+def is_trained(run_dir: str | Path) -> bool:
+    """Whether the run reached its last step and saved its adapter."""
+    run_dir = Path(run_dir)
+    summary = read_json(run_dir / SUMMARY)
+    return bool(summary and summary.get("global_step") == summary.get("max_steps")
+                and (run_dir / "adapter" / "adapter_config.json").is_file())
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None if it is missing or does not parse."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
