@@ -57,7 +57,8 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.interference import ScoreInterference  # noqa: E402 - after the path is set
+from pipeline import METRICS_NS  # noqa: E402 - after the path is set
+from pipeline.interference import ScoreInterference  # noqa: E402
 from pipeline.text import normalize_text  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -142,7 +143,7 @@ def run_beam(emb_path: Path, targets: list[str], params: dict | None):
         seconds = (time.perf_counter() - started, time.process_time() - cpu)
         rows = [row for f in Path(tmp).glob("*.pkl") for row in pickle.loads(f.read_bytes())]
     counters = {c.key.metric.name: c.committed for c in
-                result.metrics().query(MetricsFilter().with_namespace("beacon"))["counters"]}
+                result.metrics().query(MetricsFilter().with_namespace(METRICS_NS))["counters"]}
     return seconds, rows, counters
 
 

@@ -58,6 +58,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from schemas.scoring import DEFAULT_LM  # noqa: E402
+
 log = logging.getLogger("bench.knowledge")
 
 ARMS = ("plain", "weighted", "curated", "repeat", "repeat_unique", "semantic")
@@ -83,7 +85,8 @@ def sample_lines(path: Path, n: int, seed: int, fmt: str = "auto") -> list[bytes
     record reaches ``beacon curate`` and is rejected there with its error, and counts as requested
     and not learned.
     """
-    from pipeline.read_facts import check_inputs, iter_payloads, payload_line
+    from pipeline.inputs import check_inputs
+    from pipeline.read_facts import iter_payloads, payload_line
 
     lines = [payload_line(p) for p in iter_payloads(check_inputs([str(path)], fmt)[0])]
     if len(lines) < n:
@@ -436,7 +439,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", default="40,80,120,160", help="optimizer steps at which to evaluate")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm (0..seeds-1)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
-    p.add_argument("--model", default="bundled:smollm2-135m-instruct",
+    p.add_argument("--model", default=DEFAULT_LM,
                    help="base LM: bundled:smollm2-135m-instruct, bundled:gemma3-270m, a HF id or path")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (constant)")
     p.add_argument("--batch-size", type=int, default=8)

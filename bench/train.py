@@ -30,8 +30,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from schemas.scoring import DEFAULT_LM  # noqa: E402
+
 ARMS = ("plain", "weighted", "semantic")
-BASE_MODEL = "bundled:smollm2-135m-instruct"
+BASE_MODEL = DEFAULT_LM
 WARMUP_STEPS = 2  # not timed: first steps pay for allocator growth and lazy init
 
 

@@ -13,7 +13,7 @@ from pipeline.dead_letters import dead_letter
 
 def id_clashes_of(fact_id: str, records) -> list[tuple[str, str]]:
     """(key, error) for each later record (by input order) that reuses ``fact_id`` for another fact."""
-    first_order, first_key, prompt, target = min(records)
+    _, first_key, prompt, target = min(records)
     return [(key, f"fact_id {fact_id!r} is already used by an earlier record with prompt {prompt!r} "
                   f"and target {target!r}; give each fact its own id")
             for order, key, p, t in records if key != first_key and (p, t) != (prompt, target)]

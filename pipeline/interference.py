@@ -12,13 +12,14 @@ data. Each split level multiplies a close pair's chance in that band by p (≈0.
 other bands make up for it. At ``MAX_SPLIT_DEPTH`` a part is scored exactly whatever its size
 (identical prompts cannot be split).
 
-The pure functions (``hyperplanes``, ``band_keys``, ``score_bucket``, ``find_interference``) hold the
-logic; the Beam transform only moves data between them.
+The pure functions (``hyperplanes``, ``band_keys``, ``score_bucket``, ``merge_partials``, ``finalize``)
+hold the logic; the Beam transform only moves data between them (tests/pipeline/test_interference.py
+composes them in-process as the reference the transform must equal).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -39,16 +40,6 @@ _FLUSH_KEYS = 500_000
 # neighbour threshold). Plain tuples so Beam encodes them without pickling.
 Partial = tuple[float, tuple[tuple[str, float, bool, bool], ...]]
 _EMPTY: Partial = (0.0, ())
-
-
-class Member(NamedTuple):
-    """One fact as seen by ``score_bucket``."""
-
-    key: str
-    embedding: np.ndarray  # (d,) float32, L2-normalised
-    target_norm: str
-    fact_id: str
-    order: int
 
 
 class BucketScores(NamedTuple):
@@ -82,28 +73,18 @@ def band_keys(embeddings: np.ndarray, planes: np.ndarray) -> np.ndarray:
     return sides.astype(np.int64) @ (np.int64(1) << np.arange(bits, dtype=np.int64))
 
 
-def score_bucket(members: Sequence[Member], *, neighbor_threshold: float, max_bucket: int,
-                 split_planes: np.ndarray | None = None) -> BucketScores:
+def score_bucket(emb: np.ndarray, keys: list[str], targets: list[str], fact_ids: list[str],
+                 orders: list[int], *, neighbor_threshold: float, max_bucket: int,
+                 split_planes: np.ndarray | None) -> BucketScores:
     """Score every pair inside one bucket exactly; return a partial for each member that has one.
 
     Args:
-        members: the facts of the bucket.
+        emb: (n, d) float32 L2-normalised prompt embeddings of the bucket's facts; ``keys``,
+            ``targets`` (normalised), ``fact_ids`` and ``orders`` are theirs, row by row.
         neighbor_threshold: pairs at or above this cosine are listed in the partials.
         max_bucket: a bucket larger than this is split with ``split_planes`` (depth, dim) first.
         split_planes: this band's split hyperplanes; None scores the bucket whole.
     """
-    if len(members) < 2:
-        return BucketScores([], 0, False)
-    emb = np.stack([np.asarray(m.embedding, dtype=np.float32) for m in members])
-    return _score_members(emb, [m.key for m in members], [m.target_norm for m in members],
-                          [m.fact_id for m in members], [m.order for m in members],
-                          neighbor_threshold=neighbor_threshold, max_bucket=max_bucket,
-                          split_planes=split_planes)
-
-
-def _score_members(emb: np.ndarray, keys: list[str], targets: list[str], fact_ids: list[str],
-                   orders: list[int], *, neighbor_threshold: float, max_bucket: int,
-                   split_planes: np.ndarray | None) -> BucketScores:
     index: dict[str, int] = {}
     codes = np.fromiter((index.setdefault(t, len(index)) for t in targets), np.int64, len(targets))
     leaves = _split(emb, max_bucket, split_planes)
@@ -179,7 +160,16 @@ def merge_partials(acc: tuple[float, dict], partial: Partial) -> tuple[float, di
 
 
 def finalize(acc: tuple[float, dict], conflict_threshold: float) -> dict[str, Any]:
-    """A fact's scores from its merged partials."""
+    """A fact's scores from its merged partials.
+
+    ``interference`` is the largest cosine (floored at 0) to a candidate with a different normalised
+    target, 0.0 when none was found: exact with high probability when the true maximum is at or
+    above the neighbour threshold, otherwise a lower bound (pairs far apart rarely share a bucket).
+    ``neighbors`` counts other facts at or above ``neighbor_threshold`` (any target);
+    ``conflicts_with`` lists, sorted, the fact_ids at or above ``conflict_threshold`` with a different
+    target; ``conflict_with_earlier`` says one of them comes first by (order, fact_id), so under
+    'keep_first' exactly the earliest of a conflict survives.
+    """
     best, entries = acc
     conflicts = sorted(f for f, (cos, differ, _) in entries.items()
                        if differ and cos >= conflict_threshold)
@@ -189,42 +179,6 @@ def finalize(acc: tuple[float, dict], conflict_threshold: float) -> dict[str, An
         "conflicts_with": conflicts,
         "conflict_with_earlier": any(entries[f][2] for f in conflicts),
     }
-
-
-def find_interference(embeddings: np.ndarray, target_norms: Sequence[str], fact_ids: Sequence[str],
-                      orders: Sequence[int], *, neighbor_threshold: float = 0.9,
-                      conflict_threshold: float = 0.95, bands: int = 16, bits: int = 8,
-                      max_bucket: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
-    """In-process ``ScoreInterference``: the same buckets and scores, one dict per input row.
-
-    Per fact i: ``interference`` is the largest cosine (floored at 0) to a candidate j with a
-    different normalised target, 0.0 when none was found. It is exact with high probability when
-    the true maximum is at or above the neighbour threshold, and otherwise a lower bound (pairs far
-    apart rarely share a bucket). ``neighbors`` counts other facts at or above
-    ``neighbor_threshold`` (any target); ``conflicts_with`` lists, sorted, the fact_ids at or above
-    ``conflict_threshold`` with a different target; ``conflict_with_earlier`` says one of them comes
-    first by (order, fact_id), so under 'keep_first' exactly the earliest of a conflict survives.
-    """
-    emb = np.asarray(embeddings, dtype=np.float32)
-    n, dim = emb.shape
-    keys = [str(i) for i in range(n)]
-    signatures = band_keys(emb, hyperplanes(dim, bands, bits, seed))
-    splits = split_hyperplanes(dim, bands, seed)
-    accs: list[tuple[float, dict]] = [(0.0, {}) for _ in range(n)]
-    for band in range(bands):
-        buckets: dict[int, list[int]] = {}
-        for i, sig in enumerate(signatures[:, band].tolist()):
-            buckets.setdefault(sig, []).append(i)
-        for idx in buckets.values():
-            if len(idx) < 2:
-                continue
-            scores = _score_members(emb[idx], [keys[i] for i in idx], [target_norms[i] for i in idx],
-                                    [fact_ids[i] for i in idx], [orders[i] for i in idx],
-                                    neighbor_threshold=neighbor_threshold, max_bucket=max_bucket,
-                                    split_planes=splits[band])
-            for key, partial in scores.partials:
-                accs[int(key)] = merge_partials(accs[int(key)], partial)
-    return [finalize(acc, conflict_threshold) for acc in accs]
 
 
 # --- Beam -----------------------------------------------------------------------------------------
@@ -286,9 +240,9 @@ class _ScoreBuckets(beam.DoFn):
         dim = emb.shape[1]
         if dim not in self._split_planes:
             self._split_planes[dim] = split_hyperplanes(dim, self._bands, self._seed)
-        scores = _score_members(emb, keys, targets, fact_ids, orders,
-                                neighbor_threshold=self._threshold, max_bucket=self._max_bucket,
-                                split_planes=self._split_planes[dim][band_key >> self._bits])
+        scores = score_bucket(emb, keys, targets, fact_ids, orders,
+                              neighbor_threshold=self._threshold, max_bucket=self._max_bucket,
+                              split_planes=self._split_planes[dim][band_key >> self._bits])
         self._buckets.inc()
         self._pairs.inc(scores.pairs_scored)
         if scores.split:
@@ -337,7 +291,7 @@ class ScoreInterference(beam.PTransform):
 
     Outputs exactly one ``{'interference', 'neighbors', 'conflicts_with',
     'conflict_with_earlier'}`` per input key (zeros for facts without candidates); the semantics
-    are those of ``find_interference``. Embeddings must be float32 and L2-normalised; keys unique.
+    are described in ``finalize``. Embeddings must be float32 and L2-normalised; keys unique.
 
     ``payload`` is how embeddings travel through the shuffle (n·bands copies): 'float16' halves
     the bytes, and cosines then carry an error of about 1e-4, so pairs that close to a threshold

@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import CurateConfig
 from pipeline.quantiles import summary
-from pipeline.read_facts import InputSpec
+from pipeline.inputs import InputSpec
 from schemas import Counts, Manifest
 from schemas.manifest import MANIFEST_FILE, InputFile
 

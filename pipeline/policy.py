@@ -15,7 +15,6 @@ from pipeline.config import CurateConfig
 from pipeline.quantiles import quantile
 
 _DRIFT_FLOOR = 1e-3  # keeps drift weights finite for facts the model already says
-POLICY_SCORES = ("drift", "interference")  # the quantiles the policy needs
 
 
 def resolve_thresholds(config: CurateConfig, quantiles: dict[str, list[float]]) -> dict[str, float | None]:

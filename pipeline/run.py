@@ -31,7 +31,8 @@ from pipeline.manifest import Identity, WriteManifest, commit
 from pipeline.policy import ApplyPolicy
 from pipeline.probe import ProbeModel
 from pipeline.quantiles import ScoreQuantiles
-from pipeline.read_facts import InputSpec, ReadFacts, check_inputs
+from pipeline.inputs import InputSpec, check_inputs
+from pipeline.read_facts import ReadFacts
 from pipeline.text import normalize_text
 from pipeline.write import WriteScored
 from schemas import Manifest

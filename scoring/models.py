@@ -193,6 +193,7 @@ def dist_version(dist: str) -> str | None:
         return None
 
 
+@lru_cache(maxsize=1)
 def beacon_version() -> str:
     """This Beacon's version (what manifests, runs and ``/healthz`` report)."""
     from importlib.metadata import PackageNotFoundError, version

@@ -32,7 +32,6 @@ from trainer.runs import is_trained, read_json, training_progress
 
 log = logging.getLogger(__name__)
 
-STAGES = ("curating", "training", "evaluating")
 SPAN = {"curating": (0.0, 0.3), "training": (0.3, 0.9), "evaluating": (0.9, 1.0)}
 LOCK_WAIT_S = 60.0
 

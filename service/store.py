@@ -338,7 +338,8 @@ class Store:
         Raises:
             LeaseLost: the claim no longer holds.
         """
-        assert status in TERMINAL, status
+        if status not in TERMINAL:
+            raise ValueError(f"finish_job needs a terminal status ({', '.join(TERMINAL)}), got {status!r}")
         now = time.time()
         with self.transaction() as con:
             cur = con.execute(

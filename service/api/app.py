@@ -11,6 +11,7 @@ import threading
 
 from fastapi import FastAPI
 
+from scoring.models import beacon_version
 from service.api.routes import datasets, health, jobs
 from service.datasets import Layout
 from service.settings import Settings, get_settings
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning("dev mode without BEACON_API_TOKEN: anyone who reaches this server can start jobs")
     store = Store(settings.database_path)
     store.migrate()
-    app = FastAPI(title="Beacon", version=health._version(), description=DESCRIPTION)
+    app = FastAPI(title="Beacon", version=beacon_version(), description=DESCRIPTION)
     app.state.settings = settings
     app.state.store = store
     app.state.layout = Layout.at(settings.data_dir)

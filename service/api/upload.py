@@ -16,7 +16,7 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 FILE_FIELD = "file"
-TEXT_FIELDS = {"format", "name"}
+TEXT_FIELDS = {"format"}  # other parts are ignored
 MAX_TEXT_FIELD = 256
 MAX_PARTS = 8
 # The extensions the pipeline reads a format from; any other name is stored without one.

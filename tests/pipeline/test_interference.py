@@ -11,16 +11,48 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import interference
 from pipeline.interference import (
-    Member,
     ScoreInterference,
     band_keys,
-    find_interference,
     hyperplanes,
+    finalize,
+    merge_partials,
     score_bucket,
     split_hyperplanes,
 )
 
 DIM = 384
+
+
+def find_interference(embeddings, target_norms, fact_ids, orders, *, neighbor_threshold=0.9,
+                      conflict_threshold=0.95, bands=16, bits=8, max_bucket=2000, seed=0):
+    """The reference the Beam transform must equal: the same pure functions, composed in-process."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    n, dim = emb.shape
+    keys = [str(i) for i in range(n)]
+    signatures = band_keys(emb, hyperplanes(dim, bands, bits, seed))
+    splits = split_hyperplanes(dim, bands, seed)
+    accs = [(0.0, {}) for _ in range(n)]
+    for band in range(bands):
+        buckets: dict[int, list[int]] = {}
+        for i, sig in enumerate(signatures[:, band].tolist()):
+            buckets.setdefault(sig, []).append(i)
+        for idx in buckets.values():
+            if len(idx) < 2:
+                continue
+            scores = score_bucket(emb[idx], [keys[i] for i in idx], [target_norms[i] for i in idx],
+                                  [fact_ids[i] for i in idx], [orders[i] for i in idx],
+                                  neighbor_threshold=neighbor_threshold, max_bucket=max_bucket,
+                                  split_planes=splits[band])
+            for key, partial in scores.partials:
+                accs[int(key)] = merge_partials(accs[int(key)], partial)
+    return [finalize(acc, conflict_threshold) for acc in accs]
+
+
+def _bucket(emb, **kw):
+    """``score_bucket`` over rows of ``emb`` with distinct targets, keys '0'..'n-1'."""
+    n = len(emb)
+    return score_bucket(np.asarray(emb, dtype=np.float32), [str(i) for i in range(n)],
+                        [f"t{i}" for i in range(n)], [f"f{i}" for i in range(n)], list(range(n)), **kw)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -119,24 +151,22 @@ def test_oversized_bucket_is_split_and_keeps_its_duplicates():
     rng = np.random.default_rng(5)
     emb = _unit(rng.standard_normal((400, DIM)))
     emb[1::2] = emb[0::2]  # 200 duplicate pairs: no split hyperplane can separate them
-    members = [Member(str(i), emb[i], f"t{i}", f"f{i}", i) for i in range(400)]
     planes = split_hyperplanes(DIM, bands=1, seed=0)[0]
-    scores = score_bucket(members, neighbor_threshold=0.9, max_bucket=50, split_planes=planes)
+    scores = _bucket(emb, neighbor_threshold=0.9, max_bucket=50, split_planes=planes)
     assert scores.split
     assert scores.pairs_scored <= 400 * 50 // 2  # parts of at most 50, not 400² / 2
     found = {key: [e[0] for e in partial[1]] for key, partial in scores.partials}
     for i in range(0, 400, 2):
         assert found[str(i)] == [f"f{i + 1}"] and found[str(i + 1)] == [f"f{i}"]
     # Unsplit, the same bucket costs every pair.
-    whole = score_bucket(members, neighbor_threshold=0.9, max_bucket=1000, split_planes=planes)
+    whole = _bucket(emb, neighbor_threshold=0.9, max_bucket=1000, split_planes=planes)
     assert not whole.split and whole.pairs_scored == 400 * 399 // 2
 
 
 def test_unsplittable_bucket_is_scored_whole_at_the_depth_limit():
     v = _unit(np.random.default_rng(6).standard_normal(DIM))
-    members = [Member(str(i), v, f"t{i}", f"f{i}", i) for i in range(30)]
     planes = split_hyperplanes(DIM, bands=1, seed=0)[0]
-    scores = score_bucket(members, neighbor_threshold=0.9, max_bucket=5, split_planes=planes)
+    scores = _bucket(np.stack([v] * 30), neighbor_threshold=0.9, max_bucket=5, split_planes=planes)
     assert scores.pairs_scored == 30 * 29 // 2
     assert all(len(partial[1]) == 29 for _, partial in scores.partials)
 

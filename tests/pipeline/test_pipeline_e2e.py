@@ -10,6 +10,7 @@ import pytest
 from pipeline.config import CurateConfig
 from pipeline.run import curate
 from schemas import REJECTED_SCHEMA, SCORED_SCHEMA, Manifest
+from schemas.manifest import QUANTILES, quantile_label
 from service.cli import main as beacon
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "mini_facts.jsonl"
@@ -37,13 +38,20 @@ def test_layout_on_disk_and_explicit_schemas(curated):
 
 
 def test_every_record_is_scored_or_rejected_and_the_manifest_says_so(curated):
-    manifest = Manifest.model_validate_json((curated / "manifest.json").read_text())
+    manifest = Manifest.read(curated)
     c = manifest.counts
     assert (c.input, c.scored, c.rejected) == (12, 8, 4)
     assert c.input == c.scored + c.rejected
     assert c.by_reason == {"kept": 6, "duplicate": 1, "conflict": 1}
     assert manifest.rejected_by_stage == {"parse": 2, "validate": 2}
-    assert set(manifest.quantiles) >= {"drift", "drift_sentence", "drift_lm", "drift_expected", "interference"}
+    assert set(manifest.quantiles) >= {"drift", "drift_sentence", "drift_lm", "drift_expected", "interference",
+                                       "weight"}
+    # Built once in the graph over the scored rows (exact at this size), at the points the stats show.
+    drift = sorted(r["drift"] for r in _rows(curated).values())
+    assert list(manifest.quantiles["drift"]) == [quantile_label(q) for q in QUANTILES]
+    assert manifest.quantiles["drift"]["q0"] == drift[0] and manifest.quantiles["drift"]["q1"] == drift[-1]
+    assert manifest.quantiles["drift"]["q0.5"] in drift
+    assert manifest.timings["total"] > 0 and manifest.scoring.drift_definition == "rank"
     assert manifest.models["lm"].name == "bundled:smollm2-135m-instruct"
     assert manifest.config_hash == CurateConfig(probe_batch_size=4).config_hash()
     rejected = pq.read_table(curated / "rejected").to_pylist()
@@ -58,6 +66,7 @@ def test_scores_and_decisions(curated):
     # The model already answers "Tokyo": every answer-based drift is ~0 and the target is likely.
     assert rows["m01"]["drift_sentence"] < 0.05 and rows["m01"]["drift_lm"] < 0.05
     assert rows["m01"]["target_rank"] == 1
+    assert all(r["drift_definition"] == "rank" and r["drift"] == r["drift_rank"] for r in rows.values())
     assert rows["m01"]["drift_expected"] < rows["m08"]["drift_expected"]
     assert rows["m05"]["reason"] == "duplicate" and rows["m05"]["duplicate_of"] == "m03"
     assert rows["m02"]["conflicts_with"] == ["m04"] and rows["m02"]["reason"] == "kept"

@@ -17,7 +17,8 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.config import CurateConfig
-from pipeline.read_facts import InputSpec, ReadFacts, check_inputs
+from pipeline.inputs import InputSpec, check_inputs
+from pipeline.read_facts import ReadFacts
 from schemas.fact import FACT_SCHEMA, stable_fact_id
 from schemas.rejected import REJECTED_SCHEMA
 

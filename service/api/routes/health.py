@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from functools import lru_cache
 
 from fastapi import APIRouter, HTTPException
 
 from service.api.deps import StoreDep
+from scoring.models import beacon_version
 from service.api.models import Health
 from service.store import SCHEMA_VERSION
 
@@ -20,14 +20,4 @@ async def healthz(store: StoreDep) -> Health:
         store.ping()
     except sqlite3.Error as e:
         raise HTTPException(status_code=503, detail=f"job store unavailable: {e}") from None
-    return Health(status="ok", version=_version(), schema_version=SCHEMA_VERSION)
-
-
-@lru_cache(maxsize=1)
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("beacon")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return Health(status="ok", version=beacon_version(), schema_version=SCHEMA_VERSION)
