@@ -30,22 +30,22 @@ class CurateConfig(ConfigSection, ScoringSpec):
 
     # --- input -----------------------------------------------------------------------------------
     format: InputFormat = Field("auto", description="Input layout; 'auto' detects it per file.")
-    max_prompt_chars: int = Field(2000, gt=0, description="Longer prompts are rejected.")
-    max_target_chars: int = Field(300, gt=0, description="Longer targets are rejected.")
+    max_prompt_chars: int = Field(2000, gt=0, le=1_000_000, description="Longer prompts are rejected.")
+    max_target_chars: int = Field(300, gt=0, le=100_000, description="Longer targets are rejected.")
 
     # --- models (model, encoder, chat_template, probe_max_new_tokens: ScoringSpec) ----------------
-    probe_batch_size: int = Field(16, gt=0, description="Prompts per LM batch.")
-    embed_batch_size: int = Field(64, gt=0, description="Texts per sentence-encoder batch.")
+    probe_batch_size: int = Field(16, gt=0, le=4096, description="Prompts per LM batch.")
+    embed_batch_size: int = Field(64, gt=0, le=65_536, description="Texts per sentence-encoder batch.")
 
     # --- scores (drift_definition: ScoringSpec) ----------------------------------------------------
     neighbor_threshold: float = Field(0.9, ge=-1.0, le=1.0,
                                       description="Prompt cosine above which two facts are neighbours.")
     conflict_threshold: float = Field(0.95, ge=-1.0, le=1.0,
                                       description="Prompt cosine above which different targets conflict.")
-    lsh_bands: int = Field(16, gt=0, description="LSH bands (more: higher recall, more work).")
+    lsh_bands: int = Field(16, gt=0, le=256, description="LSH bands (more: higher recall, more work).")
     lsh_bits: int = Field(10, gt=0, le=30, description="Hyperplane bits per band (more: smaller buckets).")
-    lsh_max_bucket: int = Field(200, gt=1, description="Buckets above this size are split further.")
-    lsh_seed: int = Field(0, description="Seed of the random hyperplanes.")
+    lsh_max_bucket: int = Field(200, gt=1, le=1_000_000, description="Buckets above this size are split further.")
+    lsh_seed: int = Field(0, ge=0, lt=2**32, description="Seed of the random hyperplanes.")
 
     # --- policy ----------------------------------------------------------------------------------
     max_drift: float | None = Field(None, description="Drop facts whose drift is above this value.")
@@ -58,7 +58,7 @@ class CurateConfig(ConfigSection, ScoringSpec):
         "keep_first", description="keep_first: keep the earliest of conflicting facts; drop_all; keep_all.")
     weighting: Weighting = Field("none", description="Loss weight from drift: none, drift (harder = "
                                  "heavier) or inverse_drift (easier = heavier).")
-    weight_strength: float = Field(1.0, ge=0.0, description="Exponent of the drift weighting.")
+    weight_strength: float = Field(1.0, ge=0.0, le=100.0, description="Exponent of the drift weighting.")
     weight_clip: tuple[float, float] = Field((0.2, 5.0), description="Raw weights are clipped to this.")
 
     @model_validator(mode="after")

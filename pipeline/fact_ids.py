@@ -1,7 +1,9 @@
-"""CheckFactIds: a ``fact_id`` names one fact; a later record that reuses it for another fact is rejected.
+"""CheckFactIds: a ``fact_id`` names one row of ``scored``, so every documented join is one row per fact.
 
-The trainer's evaluation joins on ``fact_id``. Identical records that share an id are not clashes:
-they are scored, and the later ones marked ``duplicate``.
+A later record that reuses an id for another fact (another prompt or target) is rejected. Identical
+records that share an id (the same fact given twice, or twice without an id, which derives the same
+id from the content) are not clashes: the first keeps the id, each later copy gets its own
+(``<id>~copy<k>``), and FindCollisions marks the copies ``duplicate`` of the first.
 """
 
 from __future__ import annotations
@@ -11,32 +13,47 @@ import apache_beam as beam
 from pipeline.dead_letters import dead_letter
 
 
-def id_clashes_of(fact_id: str, records) -> list[tuple[str, str]]:
-    """(key, error) for each later record (by input order) that reuses ``fact_id`` for another fact."""
-    _, first_key, prompt, target = min(records)
-    return [(key, f"fact_id {fact_id!r} is already used by an earlier record with prompt {prompt!r} "
-                  f"and target {target!r}; give each fact its own id")
-            for order, key, p, t in records if key != first_key and (p, t) != (prompt, target)]
+def copy_id(fact_id: str, k: int) -> str:
+    """The id of the ``k``-th later copy (k >= 1) of the fact ``fact_id``."""
+    return f"{fact_id}~copy{k}"
 
 
-class _SplitIdClashes(beam.DoFn):
-    def process(self, element, clashes):
+def id_fixes_of(fact_id: str, records) -> list[tuple[str, tuple[str, str]]]:
+    """(key, ("reject", error) | ("rename", new id)) for each later record (by input order) sharing ``fact_id``."""
+    records = sorted(records)
+    _, first_key, prompt, target = records[0]
+    fixes, copies = [], 0
+    for _, key, p, t in records[1:]:
+        if (p, t) != (prompt, target):
+            fixes.append((key, ("reject", f"fact_id {fact_id!r} is already used by an earlier record with "
+                                          f"prompt {prompt!r} and target {target!r}; give each fact its own id")))
+        else:
+            copies += 1
+            fixes.append((key, ("rename", copy_id(fact_id, copies))))
+    return fixes
+
+
+class _ApplyIdFixes(beam.DoFn):
+    def process(self, element, fixes):
         key, fact = element
-        if key in clashes:
-            yield beam.pvalue.TaggedOutput("rejected", dead_letter(fact, "validate", clashes[key]))
+        action, value = fixes.get(key, ("keep", None))
+        if action == "reject":
+            yield beam.pvalue.TaggedOutput("rejected", dead_letter(fact, "validate", value))
+        elif action == "rename":
+            yield key, {**fact, "fact_id": value}
         else:
             yield element
 
 
 class CheckFactIds(beam.PTransform):
-    """(key, fact with ``order``) -> ``facts``: those whose id is theirs; ``rejected``: the clashes."""
+    """(key, fact with ``order``) -> ``facts``: each with an id of its own; ``rejected``: the clashes."""
 
     def expand(self, keyed):
-        clashes = (
+        fixes = (
             keyed
             | "ByFactId" >> beam.MapTuple(lambda k, f: (f["fact_id"], (f["order"], k, f["prompt"], f["target"])))
             | "GroupFactIds" >> beam.GroupByKey()
-            | "FindIdClashes" >> beam.FlatMapTuple(id_clashes_of))
-        checked = keyed | "SplitIdClashes" >> beam.ParDo(
-            _SplitIdClashes(), beam.pvalue.AsDict(clashes)).with_outputs("rejected", main="facts")
+            | "FindIdFixes" >> beam.FlatMapTuple(id_fixes_of))
+        checked = keyed | "ApplyIdFixes" >> beam.ParDo(
+            _ApplyIdFixes(), beam.pvalue.AsDict(fixes)).with_outputs("rejected", main="facts")
         return {"facts": checked["facts"], "rejected": checked["rejected"]}

@@ -142,6 +142,11 @@ def _looks_like_json_lines(head: bytes) -> bool:
         return False
 
 
+def _has_json_line(head: bytes) -> bool:
+    """Whether a line of ``head`` is a whole JSON object (a cut-off last line parses as none)."""
+    return any(_looks_like_json_lines(line) for line in head.splitlines() if b"\x00" not in line)
+
+
 def _check_content(path: str, container: str, head: bytes) -> str:
     """Refuse files that are not their container at all; single bad records are left to the reader.
 
@@ -150,7 +155,9 @@ def _check_content(path: str, container: str, head: bytes) -> str:
     if container == "parquet":
         _check_parquet(path)
         return container
-    if b"\x00" in head:
+    # A NUL byte in a JSON Lines file of otherwise good lines is one bad record (rejected with its
+    # error by the reader), not a binary file.
+    if b"\x00" in head and not (container == "jsonl" and _has_json_line(head)):
         raise ValueError(f"input {path} looks binary (it has NUL bytes), not {container.upper()} "
                          f"text; check the file or pass the right --format")
     first = head.lstrip()[:1]

@@ -1,9 +1,10 @@
 """ReadFacts: input files -> normalised facts, and dead letters for every record that is not one.
 
-The files were checked on the driver first (``pipeline.inputs.check_inputs``). ``ReadFacts`` streams each file into ``(source_index, position, payload)`` records, spreads them
-over workers (``Reshuffle``: one big file must not pin the work to one worker), then parses and
-validates each one into the ``facts`` or the ``rejected`` output. Nothing is dropped: every record
-read lands in exactly one of them, and both are counted in the ``beacon`` metrics namespace.
+The files were checked on the driver first (``pipeline.inputs.check_inputs``). ``ReadFacts``
+streams each file into ``(source_index, position, payload)`` records, spreads them over workers
+(``Reshuffle``: one big file must not pin the work to one worker), then parses and validates each
+one into the ``facts`` or the ``rejected`` output. Nothing is dropped: every record read lands in
+exactly one of them, and both are counted in the ``beacon`` metrics namespace.
 
 ``position`` is the 0-based index of a record in its file: the non-blank line for JSON Lines
 (malformed lines count, blank lines do not), the element of a JSON array, the data row of a CSV

@@ -4,9 +4,11 @@ Layout under the data root (``BEACON_DATA_DIR``)::
 
     uploads/<id><ext>          an uploaded file (a dataset of kind 'raw')
     imports/...                files an operator placed there (a job may name one by relative path)
+    models/<name>/             models an operator placed there (a job may name one as models/<name>)
     datasets/<id>/             a scored dataset: scored/*.parquet, rejected/*.parquet, manifest.json
     jobs/<id>/run/             the job's training run (adapter/, checkpoints/, metrics.json, eval.parquet)
     jobs/<id>/logs/            one log per stage process
+    tmp/query-<id>/            a running query's spill (capped, removed when it ends)
 
 Every path derived from a request goes through ``confined``; ids are server generated.
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Manifest
+from service.jsonsafe import dumps
 
 HISTOGRAM_BINS = 20
 TOP_CONFLICTS = 20
@@ -67,7 +69,7 @@ class Layout:
     @classmethod
     def at(cls, data_dir: Path) -> "Layout":
         layout = cls(Path(data_dir).resolve())
-        for sub in ("uploads", "imports", "datasets", "jobs"):
+        for sub in ("uploads", "imports", "models", "datasets", "jobs"):
             (layout.root / sub).mkdir(parents=True, exist_ok=True)
         return layout
 
@@ -78,6 +80,10 @@ class Layout:
     @property
     def imports(self) -> Path:
         return self.root / "imports"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
 
     def dataset_dir(self, dataset_id: str) -> Path:
         return self.root / "datasets" / dataset_id
@@ -186,23 +192,12 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
     stats["manifest"] = manifest.model_dump(include={"dataset_id", "created_at", "counts", "rejected_by_stage",
                                                      "thresholds", "config_hash"}) if manifest else None
     stats["signature"] = signature
-    encoded = json.dumps(_finite(stats), allow_nan=False).encode()
+    encoded = dumps(stats).encode()
     if use_cache:
         _write_cached(layout, dataset, encoded)
         with _cache_lock:
             _cache[key] = encoded
     return encoded
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities (a NaN score in the data) become null: JSON has no such numbers."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _stats_path(layout: Layout, dataset: dict[str, Any]) -> Path:

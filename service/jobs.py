@@ -26,6 +26,7 @@ from typing import Any
 
 from schemas import Manifest
 from service.datasets import Layout, PathError, list_artifacts, scored_dataset_id
+from service.model_specs import resolve_job_model
 from service.settings import Settings
 from service.store import Claim, LeaseLost, Store
 from trainer.runs import is_trained, read_json, training_progress
@@ -101,7 +102,9 @@ class JobRunner:
             self.store.add_event(job_id=self.claim.job_id, kind="skipped",
                                  message=f"curation skipped: dataset {scored_id} is already curated")
         else:
-            self._stage("curating", {**base, "input": str(input_path), "curate": params["curate"]}, lock_fd)
+            self._stage("curating", {**base, "input": str(input_path),
+                                     "curate": self._models_resolved(params["curate"], ("model", "encoder"))},
+                        lock_fd)
         try:
             manifest = Manifest.read(dataset_dir)
         except (OSError, ValueError) as e:
@@ -116,11 +119,19 @@ class JobRunner:
             self.store.add_event(job_id=self.claim.job_id, kind="skipped",
                                  message="training skipped: the run already reached its last step")
         else:
-            self._stage("training", {**base, "train": params["train"]}, lock_fd)
+            self._stage("training", {**base, "train": self._models_resolved(params["train"], ("model",))}, lock_fd)
         self._stage("evaluating", {**base, "eval": params["eval"]}, lock_fd)
 
         metrics = json.loads((self.run_dir / "metrics.json").read_text())
         return self._end("succeeded", "job succeeded", metrics=metrics)
+
+    def _models_resolved(self, section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        """The section with ``models/<name>`` specs turned into the folder the worker loads."""
+        try:
+            return {**section, **{k: resolve_job_model(section[k], self.layout) for k in keys
+                                  if section.get(k) is not None}}
+        except PathError as e:
+            raise StageFailed(f"the job's model is unusable: {e}") from None
 
     def _stage(self, stage: str, spec: dict[str, Any], lock_fd: int) -> None:
         start, _ = SPAN[stage]

@@ -1,10 +1,13 @@
 """Read-only SQL over a scored dataset: views ``scored``, ``rejected`` and ``eval``, nothing else.
 
-The statement is parsed by DuckDB itself and must be exactly one SELECT. It runs on a fresh in-memory
-connection whose views are bound to the dataset's Parquet files, after the connection is locked down:
-only those files may be opened (``allowed_paths``), external access, extension (auto)loading and any
-configuration change are off. A timer interrupts a query past its time limit; at most ``row_limit``
-rows come back.
+The statement is parsed by DuckDB itself and must be exactly one SELECT (or a PIVOT), calling no
+function that reads files, settings or the catalog. It runs in a process of its own, on a fresh
+in-memory connection whose views are bound to the dataset's Parquet files, after the connection is
+locked down: only those files may be opened (``allowed_paths``), external access, extension
+(auto)loading and any configuration change are off, spill goes to a capped folder under the data
+root. The process is killed at the deadline, whatever DuckDB is doing, so a runaway query always
+frees its slot and its memory; the answer is capped in bytes as well as rows. Answers and errors
+never carry the server's absolute paths.
 """
 
 from __future__ import annotations
@@ -12,17 +15,32 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import json
 import math
+import multiprocessing
+import os
+import re
+import shutil
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from service.datasets import ScoredFiles, sql_paths
 
-VIEWS = ("scored", "rejected", "eval")
 MAX_SQL_CHARS = 100_000
+KILL_GRACE_S = 1.0  # past the soft limit (DuckDB's interrupt), the process is killed
+# Functions that read the server's state rather than the dataset: files, settings, the catalog
+# (whose view definitions name the files), secrets, environment, or run SQL of their own.
+DENIED_FUNCTIONS = {"current_setting", "getenv", "getvariable", "query", "query_table", "which_secret",
+                    "glob", "checkpoint", "force_checkpoint"}
+DENIED_PREFIXES = ("duckdb_", "pragma_", "read_", "parquet_", "sniff_", "iceberg_", "delta_", "pg_",
+                   "information_schema")
+_IDENTIFIER = re.compile(r"[A-Za-z_][\w$]*")
+_TREE_NAME = re.compile(r'"(?:function_name|table_name|schema_name)":"([^"]+)"')
+_PIVOT = re.compile(r"\b(UN)?PIVOT\b", re.IGNORECASE)
 
 
 class QueryError(ValueError):
@@ -30,7 +48,11 @@ class QueryError(ValueError):
 
 
 class QueryTimeout(QueryError):
-    """The query ran past the time limit and was interrupted."""
+    """The query ran past the time limit and was stopped."""
+
+
+class QueryTooLarge(QueryError):
+    """The answer is larger than the byte limit."""
 
 
 @dataclass
@@ -42,11 +64,22 @@ class QueryResult:
     elapsed_ms: float
 
 
+@dataclass(frozen=True)
+class QueryLimits:
+    row_limit: int
+    timeout_s: float
+    memory_limit: str
+    threads: int
+    max_bytes: int
+    spill_bytes: int
+
+
 def check_sql(sql: str) -> str:
-    """The one SELECT statement in ``sql``.
+    """The one SELECT (or PIVOT) statement in ``sql``.
 
     Raises:
-        QueryError: empty, too long, unparsable, several statements, or not a SELECT.
+        QueryError: empty, too long, unparsable, several statements, not a SELECT, or calls a
+            function that reads files, settings or the catalog.
     """
     import duckdb
 
@@ -61,66 +94,194 @@ def check_sql(sql: str) -> str:
     if len(statements) != 1:
         raise QueryError(f"send exactly one statement, got {len(statements)}")
     statement = statements[0]
-    if statement.type != duckdb.StatementType.SELECT:
-        kind = getattr(statement.type, "name", str(statement.type))
-        raise QueryError(f"only SELECT queries are allowed, got {kind}")
+    kind = statement.type
+    # A PIVOT without an IN list is DuckDB's one SELECT that parses as several statements (MULTI).
+    pivot = kind == duckdb.StatementType.MULTI and _PIVOT.search(statement.query)
+    if kind != duckdb.StatementType.SELECT and not pivot:
+        raise QueryError(f"only SELECT queries are allowed, got {getattr(kind, 'name', str(kind))}")
+    _check_functions(statement.query, serialisable=not pivot)
     return statement.query
 
 
-def run_query(sql: str, files: ScoredFiles, *, row_limit: int, timeout_s: float, memory_limit: str,
-              threads: int) -> QueryResult:
-    """Runs one read-only SELECT over the dataset's views.
-
-    Raises:
-        QueryError: the SQL is not allowed or fails. QueryTimeout: it ran past ``timeout_s``.
-    """
+def _check_functions(query: str, *, serialisable: bool) -> None:
     import duckdb
 
+    names: set[str] = set()
+    if serialisable:  # DuckDB's own parse tree names every function, table function and table read
+        con = duckdb.connect(":memory:")
+        try:
+            tree = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0]
+        finally:
+            con.close()
+        names |= set(_TREE_NAME.findall(tree))
+    # And every word of the text, for what the tree cannot show (a PIVOT, a quoted name): a column or
+    # a string that happens to be called read_csv is refused too, which costs nothing.
+    names |= set(_IDENTIFIER.findall(query))
+    denied = sorted(n for n in {n.lower() for n in names}
+                    if n in DENIED_FUNCTIONS or n.startswith(DENIED_PREFIXES))
+    if denied:
+        raise QueryError(f"the query calls {denied[0]}(), which reads the server's files, settings or "
+                         "catalog; query the views scored, rejected and eval")
+
+
+def run_query(sql: str, files: ScoredFiles, *, root: Path, limits: QueryLimits) -> QueryResult:
+    """Runs one read-only SELECT over the dataset's views, in a process killed at the deadline.
+
+    Raises:
+        QueryError: the SQL is not allowed or fails. QueryTimeout: it ran past the time limit.
+        QueryTooLarge: the answer is over ``limits.max_bytes``.
+    """
     statement = check_sql(sql)
+    root = Path(root).resolve()
+    spill = Path("tmp") / f"query-{uuid.uuid4().hex[:12]}"  # relative to the root: no server path shows
+    relative = {name: [str(p.resolve().relative_to(root)) for p in paths]
+                for name, paths in (("scored", files.scored), ("rejected", files.rejected), ("eval", files.eval))}
+    (root / spill).parent.mkdir(exist_ok=True)
+    ctx = _context()
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, statement, relative, str(root), str(spill), limits),
+                       daemon=True)
+    started = time.perf_counter()
+    proc.start()
+    send.close()
+    try:
+        if not receive.poll(limits.timeout_s + KILL_GRACE_S):
+            raise QueryTimeout(_timeout_message(limits))
+        try:
+            answer = json.loads(receive.recv_bytes(maxlength=limits.max_bytes + 65_536))
+        except OSError:  # the message was longer than the limit
+            raise QueryTooLarge(_too_large_message(limits)) from None
+        except EOFError:
+            raise QueryError("the query process ended without an answer (out of memory? lower the work "
+                             "of the query)") from None
+    finally:
+        receive.close()
+        if proc.is_alive():
+            proc.kill()  # a runaway query: nothing short of this frees its core and memory
+        proc.join(5.0)
+        shutil.rmtree(root / spill, ignore_errors=True)
+    if not answer["ok"]:
+        raise {"timeout": QueryTimeout, "too_large": QueryTooLarge}.get(answer["kind"], QueryError)(answer["message"])
+    return QueryResult(columns=answer["columns"], types=answer["types"], rows=answer["rows"],
+                       truncated=answer["truncated"], elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+_ctx_lock = threading.Lock()
+_ctx: Any = None
+
+
+def _context() -> Any:
+    """Forkserver processes: started from a clean server process (no threads of the API copied),
+    with DuckDB imported once there, so each query's process starts in milliseconds."""
+    global _ctx
+    with _ctx_lock:
+        if _ctx is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["duckdb", "service.query"])
+            _ctx = ctx
+        return _ctx
+
+
+def _timeout_message(limits: QueryLimits) -> str:
+    return (f"the query ran longer than the limit of {limits.timeout_s:g} s and was stopped; "
+            "narrow it (a WHERE, a LIMIT, fewer joins)")
+
+
+def _too_large_message(limits: QueryLimits) -> str:
+    return (f"the answer is larger than the limit of {limits.max_bytes} bytes (BEACON_QUERY_MAX_BYTES); "
+            "select fewer or shorter columns, or fewer rows")
+
+
+# --- the query's own process ------------------------------------------------------------------------
+
+def _child(send: Any, statement: str, files: dict[str, list[str]], root: str, spill: str,
+           limits: QueryLimits) -> None:
+    """Runs in the query's process: answers one JSON message on ``send``, then exits."""
+    try:
+        os.nice(10)  # the API's own requests come first on a busy machine
+    except OSError:
+        pass
+    try:
+        os.chdir(root)
+        message = _answer(statement, files, spill, limits)
+    except Exception as e:  # noqa: BLE001 - whatever happened is the query's error, never the server's
+        message = {"ok": False, "kind": "error", "message": f"the query failed: {_first_line(e)}"}
+    data = _scrub(json.dumps(message, allow_nan=False), root)
+    if len(data) > limits.max_bytes + 65_536:
+        data = json.dumps({"ok": False, "kind": "too_large", "message": _too_large_message(limits)})
+    send.send_bytes(data.encode())
+    send.close()
+
+
+def _answer(statement: str, files: dict[str, list[str]], spill: str, limits: QueryLimits) -> dict[str, Any]:
+    import duckdb
+
     con = duckdb.connect(":memory:")
     try:
-        _prepare(con, files, memory_limit=memory_limit, threads=threads)
-        started = time.perf_counter()
-        timer = threading.Timer(timeout_s, con.interrupt)
+        _prepare(con, files, spill=spill, limits=limits)
+        timer = threading.Timer(limits.timeout_s, con.interrupt)
         timer.start()
         try:
             cursor = con.execute(statement)
             columns = [d[0] for d in cursor.description or []]
             types = [str(d[1]) for d in cursor.description or []]
-            fetched = cursor.fetchmany(row_limit + 1)
+            rows, size, truncated, batch_rows = [], 0, False, 8
+            while not truncated:
+                # Small batches first: a few huge rows must not all be fetched before the byte cap acts.
+                batch = cursor.fetchmany(min(batch_rows, limits.row_limit + 1 - len(rows)))
+                batch_rows = min(batch_rows * 2, 1024)
+                if not batch:
+                    break
+                for row in batch:
+                    if len(rows) == limits.row_limit:
+                        truncated = True
+                        break
+                    value = [jsonable(v) for v in row]
+                    size += len(json.dumps(value)) + 1
+                    if size > limits.max_bytes:  # stop building, not just sending, a huge answer
+                        return {"ok": False, "kind": "too_large", "message": _too_large_message(limits)}
+                    rows.append(value)
         except duckdb.InterruptException:
-            raise QueryTimeout(f"the query ran longer than the limit of {timeout_s:g} s and was stopped; "
-                               "narrow it (a WHERE, a LIMIT, fewer joins)") from None
+            return {"ok": False, "kind": "timeout", "message": _timeout_message(limits)}
         except duckdb.Error as e:
-            raise QueryError(f"the query failed: {_first_line(e)}") from None
+            return {"ok": False, "kind": "error", "message": f"the query failed: {_first_line(e)}"}
         finally:
             timer.cancel()
-        elapsed = (time.perf_counter() - started) * 1000
     finally:
         con.close()
-    rows = [[jsonable(v) for v in row] for row in fetched[:row_limit]]
-    return QueryResult(columns=columns, types=types, rows=rows, truncated=len(fetched) > row_limit,
-                       elapsed_ms=round(elapsed, 2))
+    return {"ok": True, "columns": columns, "types": types, "rows": rows, "truncated": truncated}
 
 
-def _prepare(con, files: ScoredFiles, *, memory_limit: str, threads: int) -> None:
+def _prepare(con, files: dict[str, list[str]], *, spill: str, limits: QueryLimits) -> None:
     """Views over the dataset's files, then the lock-down (order matters: nothing changes after it)."""
-    allowed = [str(p) for p in (*files.scored, *files.rejected, *files.eval)]
-    con.execute(f"SET threads = {int(threads)}")
-    con.execute("SET memory_limit = ?", [memory_limit])
-    con.execute("SET allowed_paths = ?", [allowed])
+    con.execute(f"SET threads = {int(limits.threads)}")
+    con.execute("SET memory_limit = ?", [limits.memory_limit])
+    con.execute("SET temp_directory = ?", [spill])
+    con.execute("SET max_temp_directory_size = ?", [f"{int(limits.spill_bytes)}B"])
+    con.execute("SET allowed_paths = ?", [[p for paths in files.values() for p in paths]])
     con.execute("SET enable_external_access = false")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
-    for name, paths in (("scored", files.scored), ("rejected", files.rejected), ("eval", files.eval)):
+    for name, paths in files.items():
         if paths:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({sql_paths(paths)})")
+            # The input files' own paths on the server are not the user's business: their names are.
+            source = " REPLACE (regexp_replace(source, '^.*[/\\\\]', '') AS source)" if name != "eval" else ""
+            con.execute(f"CREATE VIEW {name} AS SELECT *{source} FROM read_parquet({sql_paths(paths)})")
         else:
             empty = f"empty_{uuid.uuid4().hex[:8]}"
             con.register(empty, _empty_table(name))
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM {empty}")
             con.unregister(empty)
     con.execute("SET lock_configuration = true")
+
+
+def _scrub(text: str, root: str) -> str:
+    """The answer without the server's absolute paths (the data root, this user's home)."""
+    home = os.path.expanduser("~")
+    for path, shown in sorted(((root, "."), (home, "~")), key=lambda x: -len(x[0])):
+        if len(path) > 1:
+            text = text.replace(path, shown)
+    return text
 
 
 def _empty_table(name: str):

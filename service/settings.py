@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     dev_mode: bool = Field(False, description="Allow a server without a token (local development only).")
     protect_reads: bool = Field(False, description="Require the token on read endpoints too.")
     max_upload_bytes: int = Field(512 * 2**20, gt=0, description="Largest accepted dataset upload.")
+    stale_upload_seconds: float = Field(3600.0, gt=0, description="At start, upload temp files untouched "
+                                                                   "this long (a killed upload) are removed.")
+    allow_hub_models: bool = Field(False, description="Let jobs name Hugging Face hub models (the worker "
+                                                      "downloads them); bundled: and models/ always work.")
 
     # --- worker ----------------------------------------------------------------------------------
     lease_seconds: float = Field(30.0, ge=1.0, description="A claimed job is the worker's this long "
@@ -46,6 +50,8 @@ class Settings(BaseSettings):
     query_memory_limit: str = Field("512MB", description="DuckDB memory_limit of one query.")
     query_threads: int = Field(2, gt=0, description="DuckDB threads of one query or stats computation.")
     query_concurrency: int = Field(4, gt=0, description="Queries run at once; more get 429.")
+    query_max_bytes: int = Field(8 * 2**20, gt=0, description="Largest query answer in bytes (more: 413).")
+    query_spill_bytes: int = Field(2**30, gt=0, description="Disk a query may spill to, under DATA_DIR/tmp/.")
     stats_cache: bool = Field(True, description="Keep computed dataset stats (datasets are immutable).")
 
     @model_validator(mode="after")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.store_schema import JOB_JSON, MIGRATIONS, SCHEMA_VERSION
+from service.jsonsafe import dumps
+from service.store_schema import JOB_JSON, MIGRATIONS, SCHEMA_VERSION, UNREADABLE
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 _JSON_COLUMNS = ("params", "metrics", "artifacts", "data")
@@ -58,7 +59,10 @@ def _row(cursor: sqlite3.Cursor, values: tuple) -> dict[str, Any]:
     row = {}
     for (name, *_), value in zip(cursor.description, values, strict=True):
         if name in _JSON_COLUMNS and value is not None:
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except ValueError:  # written by hand or an older Beacon: readable, and flagged
+                value = {"unreadable": UNREADABLE}
         row[name] = value
     return row
 
@@ -177,7 +181,7 @@ class Store:
             con.execute(
                 "INSERT INTO jobs (id, idempotency_key, request_hash, status, dataset_id, params, "
                 "created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (job_id, idempotency_key, request_hash, dataset_id, json.dumps(params), now, now))
+                (job_id, idempotency_key, request_hash, dataset_id, dumps(params), now, now))
             self._event(con, job_id, "queued", "job queued", at=now)
             return con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), True
 
@@ -319,7 +323,7 @@ class Store:
         now = time.time()
         for key in ("metrics", "artifacts"):
             if key in fields and fields[key] is not None:
-                fields[key] = json.dumps(fields[key])
+                fields[key] = dumps(fields[key])
         sets = ", ".join(f"{k} = :{k}" for k in fields)
         with self.transaction() as con:
             cur = con.execute(
@@ -346,8 +350,8 @@ class Store:
                 "UPDATE jobs SET error = ?, metrics = coalesce(?, metrics), artifacts = coalesce(?, artifacts), "
                 "progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END "
                 "WHERE id = ? AND lease_token = ? AND status IN ('curating', 'training', 'evaluating')",
-                (error, json.dumps(metrics) if metrics is not None else None,
-                 json.dumps(artifacts) if artifacts is not None else None, status, claim.job_id, claim.token))
+                (error, dumps(metrics) if metrics is not None else None,
+                 dumps(artifacts) if artifacts is not None else None, status, claim.job_id, claim.token))
             if cur.rowcount != 1:
                 raise LeaseLost(f"lost the lease on job {claim.job_id}")
             self._finish(con, claim.job_id, status, at=now)
@@ -373,7 +377,7 @@ class Store:
     def _event(con: sqlite3.Connection, job_id: str, kind: str, message: str, data: dict | None = None,
                *, at: float) -> None:
         con.execute("INSERT INTO events (job_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)",
-                    (job_id, at, kind, message, json.dumps(data) if data is not None else None))
+                    (job_id, at, kind, message, dumps(data) if data is not None else None))
 
     @staticmethod
     def _finish(con: sqlite3.Connection, job_id: str, status: str, *, at: float) -> None:

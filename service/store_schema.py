@@ -68,10 +68,23 @@ def _iso(column: str) -> str:
 
 # A job as the API shows it (``service.api.models.Job``), rendered by SQLite itself: listing jobs is
 # the hottest read, and this skips decoding and re-encoding every JSON column in Python.
+UNREADABLE = "stored value is not valid JSON"
+
+
+def _json_or(column: str, fallback: str) -> str:
+    # A row written by an older Beacon (or by hand) that holds no valid JSON must not break every
+    # list that includes it: it renders with the fallback, and says so in ``error``.
+    return f"CASE WHEN {column} IS NULL THEN NULL WHEN json_valid({column}) THEN json({column}) ELSE {fallback} END"
+
+
 JOB_JSON = f"""json_object(
     'id', id, 'idempotency_key', idempotency_key, 'status', status, 'stage', stage, 'progress', progress,
-    'dataset_id', dataset_id, 'scored_dataset_id', scored_dataset_id, 'params', json(params), 'error', error,
-    'metrics', json(metrics), 'artifacts', json(coalesce(artifacts, '[]')),
+    'dataset_id', dataset_id, 'scored_dataset_id', scored_dataset_id,
+    'params', {_json_or('params', f"json_object('unreadable', '{UNREADABLE}')")},
+    'error', CASE WHEN json_valid(params) AND (metrics IS NULL OR json_valid(metrics))
+                  AND (artifacts IS NULL OR json_valid(artifacts)) THEN error
+                  ELSE coalesce(error || '; ', '') || 'this job has a {UNREADABLE}' END,
+    'metrics', {_json_or('metrics', 'NULL')}, 'artifacts', {_json_or("coalesce(artifacts, '[]')", "json('[]')")},
     'cancel_requested', json(iif(cancel_requested, 'true', 'false')), 'attempts', attempts,
     'worker_id', worker_id, 'created_at', {_iso('created_at')}, 'updated_at', {_iso('updated_at')},
     'started_at', {_iso('started_at')}, 'finished_at', {_iso('finished_at')})"""

@@ -18,6 +18,9 @@ NOT_COMPARED_ON_RESUME = frozenset({"save_steps", "save_total_limit", "logging_s
 
 
 LENGTH_KEYS = ("epochs", "max_steps")
+# Bounds a worker can honour: a run past them would not end in any reasonable time (or memory), and
+# a number past them is a typo or a probe; seeds are what numpy's and torch's generators take.
+MAX_STEPS = 10_000_000
 
 
 class TrainConfig(ConfigSection):
@@ -30,30 +33,30 @@ class TrainConfig(ConfigSection):
     chat_template: bool | None = Field(
         None, description="Wrap prompts in the LM's chat template; None = as the dataset was probed.")
     add_eos: bool = Field(True, description="Train the end-of-sequence token after the target.")
-    max_seq_len: int = Field(256, gt=1, description="Prompt + target tokens; a fact that does not fit "
+    max_seq_len: int = Field(256, gt=1, le=131_072, description="Prompt + target tokens; a fact that does not fit "
                                                     "is an error (the target is never cut).")
     use_weights: bool = Field(True, description="Honour each fact's `weight`; False trains every kept "
                                                 "fact with weight 1 (the ablation).")
 
     # --- LoRA ------------------------------------------------------------------------------------
-    lora_rank: int = Field(8, gt=0, description="LoRA rank r.")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_rank: int = Field(8, gt=0, le=1024, description="LoRA rank r.")
+    lora_alpha: float = Field(16.0, gt=0, le=1e6, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], max_length=64,
         description="Module names LoRA wraps (peft `target_modules`).")
 
     # --- optimisation ----------------------------------------------------------------------------
-    learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    learning_rate: float = Field(1e-3, gt=0, le=10.0, description="AdamW learning rate.")
     lr_scheduler: Scheduler = Field("constant", description="Learning-rate schedule.")
-    warmup_steps: int = Field(0, ge=0, description="Warm-up optimizer steps (not with 'constant').")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 = off.")
-    epochs: float | None = Field(10.0, gt=0, description="Passes over the kept facts (or max_steps).")
-    max_steps: int | None = Field(None, gt=0, description="Optimizer steps in total (or epochs).")
-    batch_size: int = Field(8, gt=0, description="Facts per micro-batch, per device.")
-    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    seed: int = Field(0, description="Seed of LoRA init, data order and dropout.")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Warm-up optimizer steps (not with 'constant').")
+    weight_decay: float = Field(0.0, ge=0.0, le=100.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0.0, le=1e6, description="Gradient clipping; 0 = off.")
+    epochs: float | None = Field(10.0, gt=0, le=100_000, description="Passes over the kept facts (or max_steps).")
+    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Optimizer steps in total (or epochs).")
+    batch_size: int = Field(8, gt=0, le=65_536, description="Facts per micro-batch, per device.")
+    gradient_accumulation_steps: int = Field(1, gt=0, le=65_536, description="Micro-batches per optimizer step.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of LoRA init, data order and dropout.")
     precision: Precision = Field("fp32", description="fp32, or bf16 / fp16 mixed precision (GPU).")
 
     # --- loss ------------------------------------------------------------------------------------
@@ -61,13 +64,13 @@ class TrainConfig(ConfigSection):
         "sample", description="sample: mean token loss per fact, then sum w*l / sum w; token: every "
                               "target token weighted by its fact's w (equal w = the plain HF loss).")
     semantic_weight: float = Field(
-        0.0, ge=0.0, description="Add this times 1 - cos(sum_v p(v) E[v], E[target token]) at each "
+        0.0, ge=0.0, le=100.0, description="Add this times 1 - cos(sum_v p(v) E[v], E[target token]) at each "
                                  "target position (the LM's own embedding space); 0 = off.")
 
     # --- checkpoints and logs --------------------------------------------------------------------
-    save_steps: int = Field(50, gt=0, description="Checkpoint every this many optimizer steps.")
-    save_total_limit: int | None = Field(2, gt=0, description="Checkpoints kept (oldest deleted).")
-    logging_steps: int = Field(10, gt=0, description="Log the loss every this many steps.")
+    save_steps: int = Field(50, gt=0, le=MAX_STEPS, description="Checkpoint every this many optimizer steps.")
+    save_total_limit: int | None = Field(2, gt=0, le=10_000, description="Checkpoints kept (oldest deleted).")
+    logging_steps: int = Field(10, gt=0, le=MAX_STEPS, description="Log the loss every this many steps.")
     progress: bool = Field(True, description="Show progress bars.")
 
     @model_validator(mode="before")
@@ -110,11 +113,11 @@ class TrainConfig(ConfigSection):
 class EvalConfig(ConfigSection):
     """How ``beacon eval`` measures a trained run."""
 
-    batch_size: int = Field(16, gt=0, description="Prompts per forward / generate batch.")
-    extra_new_tokens: int = Field(2, ge=0, description="Greedy answer length = target tokens + this.")
+    batch_size: int = Field(16, gt=0, le=65_536, description="Prompts per forward / generate batch.")
+    extra_new_tokens: int = Field(2, ge=0, le=256, description="Greedy answer length = target tokens + this.")
     locality_new_tokens: int | None = Field(
         None, gt=0, le=64, description="Base-model answer tokens compared on locality prompts; None = as "
                                        "many as the prompt's recorded answer has (the answer slot).")
-    pushed_away_epsilon: float = Field(0.01, ge=0.0,
+    pushed_away_epsilon: float = Field(0.01, ge=0.0, le=2.0,
                                        description="pushed_away = drift after > drift before + this.")
     progress: bool = Field(True, description="Show progress bars.")

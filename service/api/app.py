@@ -7,12 +7,18 @@ Light on purpose: nothing here imports torch, transformers or Beam, so the API s
 from __future__ import annotations
 
 import logging
+import math
 import threading
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from scoring.models import beacon_version
 from service.api.routes import datasets, health, jobs
+from service.api.upload import remove_stale_uploads
 from service.datasets import Layout
 from service.settings import Settings, get_settings
 from service.store import Store
@@ -42,8 +48,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.layout = Layout.at(settings.data_dir)
+    removed = remove_stale_uploads(app.state.layout.uploads, settings.stale_upload_seconds)
+    if removed:
+        log.info("removed %d upload temp file(s) left by an interrupted upload", removed)
     app.state.query_slots = threading.BoundedSemaphore(settings.query_concurrency)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(RecursionError, too_deep)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     return app
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, with the offending value shown even when JSON cannot hold it (NaN, Infinity)."""
+    return JSONResponse(status_code=422, content={"detail": _showable(jsonable_encoder(exc.errors()))})
+
+
+async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+    """A body nested past Python's recursion limit is the client's error, not the server's."""
+    return JSONResponse(status_code=422, content={"detail": [
+        {"type": "json_invalid", "loc": ["body"], "msg": "the JSON body is nested too deeply", "input": None}]})
+
+
+def _showable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _showable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_showable(v) for v in value]
+    return value

@@ -165,7 +165,8 @@ class QueryRequest(BaseModel):
     sql: str = Field(min_length=1, max_length=100_000,
                      description="One SELECT over the views scored, rejected and eval.",
                      examples=["select reason, count(*) from scored group by reason"])
-    limit: int | None = Field(None, gt=0, description="Row limit, at most the server's (default: it).")
+    limit: int | None = Field(None, gt=0, le=10_000_000,
+                              description="Row limit, at most the server's (default: it).")
 
 
 class QueryAnswer(BaseModel):

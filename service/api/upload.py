@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,25 @@ class Upload:
     bytes: int
     sha256: str
     fields: dict[str, str] = field(default_factory=dict)
+
+
+TEMP_PREFIX = ".upload-"
+
+
+def remove_stale_uploads(tmp_dir: Path, older_than_s: float) -> int:
+    """Deletes upload temp files untouched for ``older_than_s`` (left by a killed server); returns how many.
+
+    A live upload writes its temp file as bytes arrive, so its modification time stays recent.
+    """
+    removed, now = 0, time.time()
+    for path in tmp_dir.glob(f"{TEMP_PREFIX}*"):
+        try:
+            if now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed
 
 
 def safe_suffix(filename: str | None) -> str:
@@ -91,7 +111,7 @@ class _Receiver:
             if self.file is not None:
                 raise UploadError(422, "send one file per upload (the multipart field 'file' came twice)")
             self.filename = params.get(b"filename", b"").decode("utf-8", "replace") or None
-            self.path = self.tmp_dir / f".upload-{uuid.uuid4().hex}"
+            self.path = self.tmp_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
             self.file = open(self.path, "xb")
         self.current = name
 

@@ -108,3 +108,24 @@ def test_a_failed_run_leaves_nothing_where_readers_look(tmp_path):
         curate([str(FIXTURE)], str(out), CurateConfig(model="bundled:no-such-model"))
     assert not out.exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_exact_copies_get_their_own_fact_id_so_joins_are_one_row_per_fact(tmp_path):
+    """Two identical records without ids derive the same id: the copy must get its own."""
+    facts = tmp_path / "copies.jsonl"
+    facts.write_text('{"prompt": "The capital of Japan is", "target": "Tokyo"}\n'
+                     '{"prompt": "The capital of Japan is", "target": "Tokyo"}\n'
+                     '{"fact_id": "k1", "prompt": "The capital of Kenya is", "target": "Nairobi"}\n'
+                     '{"fact_id": "k1", "prompt": "The capital of Kenya is", "target": "Nairobi"}\n')
+    out = tmp_path / "d"
+    curate([str(facts)], str(out), CurateConfig(probe_batch_size=4))
+    rows = pq.read_table(out / "scored", schema=SCORED_SCHEMA).to_pylist()
+    ids = [r["fact_id"] for r in sorted(rows, key=lambda r: r["position"])]
+    assert len(ids) == len(set(ids)) == 4
+    assert ids[1] == f"{ids[0]}~copy1" and ids[3] == "k1~copy1"
+    by_id = {r["fact_id"]: r for r in rows}
+    assert by_id[ids[1]]["duplicate_of"] == ids[0] and by_id[ids[0]]["duplicate_of"] is None
+    assert by_id["k1~copy1"]["duplicate_of"] == "k1" and by_id["k1~copy1"]["reason"] == "duplicate"
+    joined = duckdb.connect().execute(f"select count(*) from '{out}/scored/*.parquet' a "
+                                      f"join '{out}/scored/*.parquet' b using (fact_id)").fetchone()[0]
+    assert joined == 4

@@ -75,12 +75,13 @@ def test_config_hash_ignores_batch_sizes_but_not_scores():
     assert base.config_hash() != CurateConfig(conflict_threshold=0.97).config_hash()
 
 
-def test_a_reused_fact_id_with_other_content_is_a_clash_but_an_identical_copy_is_not():
-    from pipeline.fact_ids import id_clashes_of
+def test_a_reused_fact_id_with_other_content_is_a_clash_and_an_identical_copy_gets_its_own_id():
+    from pipeline.fact_ids import id_fixes_of
 
     records = [(2, "k2", "The capital of Peru is", "Cusco"), (0, "k0", "The capital of Japan is", "Tokyo"),
-               (5, "k5", "The capital of Japan is", "Tokyo")]
-    clashes = id_clashes_of("m01", records)
-    assert [key for key, _ in clashes] == ["k2"]
-    assert "m01" in clashes[0][1] and "Tokyo" in clashes[0][1]
-    assert id_clashes_of("m02", [(0, "k0", "p", "t")]) == []
+               (5, "k5", "The capital of Japan is", "Tokyo"), (7, "k7", "The capital of Japan is", "Tokyo")]
+    fixes = dict(id_fixes_of("m01", records))
+    assert fixes["k2"][0] == "reject" and "m01" in fixes["k2"][1] and "Tokyo" in fixes["k2"][1]
+    assert fixes["k5"] == ("rename", "m01~copy1") and fixes["k7"] == ("rename", "m01~copy2")
+    assert "k0" not in fixes  # the first keeps its id
+    assert id_fixes_of("m02", [(0, "k0", "p", "t")]) == []

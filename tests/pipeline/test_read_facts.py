@@ -332,3 +332,20 @@ def test_check_inputs_keeps_a_bad_first_record_for_the_dead_letters(tmp_path):
     path.write_text('{"prompt": "p", "target": \n{"prompt": "q", "target": "u"}\n')
     spec, = check_inputs([str(path)], "auto")
     assert spec.container == "jsonl"
+
+
+def test_a_nul_byte_in_one_jsonl_line_rejects_that_line_and_keeps_the_rest(tmp_path):
+    """Regression: one NUL byte anywhere made a whole JSONL upload 'binary'."""
+    path = tmp_path / "facts.jsonl"
+    path.write_bytes(b'{"prompt": "The capital of Japan is", "target": "Tokyo"}\n'
+                     b'{"prompt": "bad\x00line", "target": "x"}\n'
+                     b'{"prompt": "The capital of Kenya is", "target": "Nairobi"}\n')
+    facts, rejected, counters = run_read(check_inputs([str(path)], "auto"), tmp_path / "out")
+    assert sorted(f["position"] for f in facts) == [0, 2]
+    [bad] = rejected
+    assert (bad["position"], bad["stage"]) == (1, "parse") and "not valid JSON" in bad["error"]
+    # A file of nothing but NUL-laden lines is still binary.
+    junk = tmp_path / "junk.jsonl"
+    junk.write_bytes(b'{"a\x00": 1}\n\x00\x00\x00\n')
+    with pytest.raises(ValueError, match="looks binary"):
+        check_inputs([str(junk)], "auto")

@@ -264,14 +264,14 @@ FORBIDDEN = [
     ("COPY (SELECT 1) TO '{out}'", "only SELECT"),
     ("ATTACH '{out}.db' AS x", "only SELECT"),
     ("ATTACH ':memory:' AS x", "only SELECT"),
-    ("SELECT * FROM read_csv('/etc/passwd')", "Permission"),
-    ("SELECT * FROM read_text('/etc/passwd')", "Permission"),
-    ("SELECT * FROM read_parquet('{db}')", "Permission"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "calls read_csv()"),
+    ("SELECT * FROM read_text('/etc/passwd')", "calls read_text()"),
+    ("SELECT * FROM read_parquet('{db}')", "calls read_parquet()"),
     ("SELECT * FROM '/etc/passwd'", "does not exist"),  # no replacement scan of files at all
-    ("SELECT * FROM glob('/*')", "Permission"),
+    ("SELECT * FROM glob('/*')", "calls glob()"),
     ("INSTALL httpfs", "only SELECT"),
     ("LOAD httpfs", "only SELECT"),
-    ("SELECT * FROM read_json('https://example.com/x.json')", "Permission"),
+    ("SELECT * FROM read_json('https://example.com/x.json')", "calls read_json()"),
     ("SET enable_external_access = true", "only SELECT"),
     ("SET threads = 64", "only SELECT"),
     ("RESET lock_configuration", "only SELECT"),
@@ -282,7 +282,7 @@ FORBIDDEN = [
     ("SELECT 1; COPY (SELECT 1) TO '{out}'", "exactly one statement"),
     ("CREATE TABLE t AS SELECT 1", "only SELECT"),
     ("EXPORT DATABASE '{out}'", "only SELECT"),
-    ("SELECT * FROM query('ATTACH ''x.db''')", "single SELECT"),
+    ("SELECT * FROM query('ATTACH ''x.db''')", "calls query()"),
     ("selec 1", "does not parse"),
 ]
 

@@ -15,7 +15,7 @@ from service.api.deps import (DatasetDep, LayoutDep, QuerySlotsDep, Reader, Scor
 from service.api.models import Dataset, DatasetKind, DatasetStats, Page, QueryAnswer, QueryRequest
 from service.api.upload import UploadError, receive_upload, safe_suffix
 from service.datasets import Layout, PathError, cached_stats, dataset_stats, scored_files
-from service.query import QueryError, run_query
+from service.query import QueryError, QueryLimits, QueryTooLarge, run_query
 from service.store import Store, new_id
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -103,6 +103,7 @@ async def get_stats(dataset: ScoredDatasetDep, layout: LayoutDep, settings: Sett
 @router.post("/{dataset_id}/query", response_model=QueryAnswer, dependencies=[Reader],
              responses={400: {"description": "Not one read-only SELECT, or it failed or timed out."},
                         404: {"description": "No such dataset."}, 409: {"description": "A raw dataset."},
+                        413: {"description": "The answer is larger than BEACON_QUERY_MAX_BYTES."},
                         429: {"description": "Too many queries running; retry."}})
 def query_dataset(dataset: ScoredDatasetDep, body: QueryRequest, store: StoreDep, layout: LayoutDep,
                   settings: SettingsDep, slots: QuerySlotsDep, job_id: Annotated[str | None, Query(
@@ -115,9 +116,13 @@ def query_dataset(dataset: ScoredDatasetDep, body: QueryRequest, store: StoreDep
         raise HTTPException(status_code=429, detail=f"{settings.query_concurrency} queries are running; retry "
                                                     "in a moment", headers={"Retry-After": "1"})
     try:
-        limit = min(body.limit or settings.query_row_limit, settings.query_row_limit)
-        result = run_query(body.sql, files, row_limit=limit, timeout_s=settings.query_timeout_seconds,
-                           memory_limit=settings.query_memory_limit, threads=settings.query_threads)
+        limits = QueryLimits(row_limit=min(body.limit or settings.query_row_limit, settings.query_row_limit),
+                             timeout_s=settings.query_timeout_seconds, memory_limit=settings.query_memory_limit,
+                             threads=settings.query_threads, max_bytes=settings.query_max_bytes,
+                             spill_bytes=settings.query_spill_bytes)
+        result = run_query(body.sql, files, root=layout.root, limits=limits)
+    except QueryTooLarge as e:
+        raise HTTPException(status_code=413, detail=str(e)) from None
     except QueryError as e:
         raise HTTPException(status_code=400, detail=str(e)) from None
     finally:

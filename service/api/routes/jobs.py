@@ -9,9 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
-from service.api.deps import JobDep, LayoutDep, Reader, StoreDep, Writer
+from service.api.deps import JobDep, LayoutDep, Reader, SettingsDep, StoreDep, Writer
 from service.api.models import Artifact, Event, Job, JobCreate, JobStatus, Page
 from service.datasets import Layout, PathError, confined, list_artifacts
+from service.model_specs import ModelNotAllowed, check_job_model
+from service.settings import Settings
 from service.store import Conflict, NotFound, Store
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -25,18 +27,19 @@ IdempotencyKey = Annotated[str | None, Header(
 
 
 def invalid(field: str, message: str, value: Any = None) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors, naming the body field."""
+    """A 422 shaped like FastAPI's own validation errors, naming the body field (dotted: 'curate.model')."""
     return HTTPException(status_code=422, detail=[
-        {"type": "value_error", "loc": ["body", field], "msg": message, "input": value}])
+        {"type": "value_error", "loc": ["body", *field.split(".")], "msg": message, "input": value}])
 
 
 @router.post("", status_code=202, response_model=Job, dependencies=[Writer],
              responses={202: {"description": "Queued (or, with a known Idempotency-Key, the earlier job)."},
                         401: {"description": "Missing or wrong bearer token."},
                         422: {"description": "Invalid settings or dataset; the detail names the field."}})
-def submit_job(body: JobCreate, store: StoreDep, layout: LayoutDep,
+def submit_job(body: JobCreate, store: StoreDep, layout: LayoutDep, settings: SettingsDep,
                idempotency_key: IdempotencyKey = None) -> Response:
     """Queues a job: curate the dataset, train on its kept facts, evaluate. A worker runs it."""
+    _check_models(body, layout, settings)
     dataset = _source_dataset(body, store, layout)
     params = body.params()
     if "format" not in body.curate.model_fields_set and dataset.get("format"):
@@ -52,6 +55,18 @@ def submit_job(body: JobCreate, store: StoreDep, layout: LayoutDep,
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return _json(store.job_json(job_id=row["id"]), status_code=202, headers=headers)
+
+
+def _check_models(body: JobCreate, layout: Layout, settings: Settings) -> None:
+    specs = [("curate", "model", body.curate.model, "lm"), ("curate", "encoder", body.curate.encoder, "encoder"),
+             ("train", "model", body.train.model, "lm")]
+    for section, key, spec, kind in specs:
+        if spec is None:
+            continue
+        try:
+            check_job_model(spec, kind=kind, layout=layout, allow_hub=settings.allow_hub_models)
+        except ModelNotAllowed as e:
+            raise invalid(f"{section}.{key}", str(e), spec) from None
 
 
 def _source_dataset(body: JobCreate, store: Store, layout: Layout) -> dict[str, Any]:
