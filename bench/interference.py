@@ -77,13 +77,11 @@ def real_embeddings(records: list[dict], out: Path) -> np.ndarray:
         emb = np.load(cache)
         if len(emb) == len(records):
             return emb
-    from sentence_transformers import SentenceTransformer
+    from schemas.scoring_spec import DEFAULT_ENCODER
+    from scoring.drift import encode_sentences
+    from scoring.models import load_encoder
 
-    from scoring.models import resolve_encoder
-
-    encoder = SentenceTransformer(resolve_encoder("bundled:all-minilm-l6-v2"), device="cpu")
-    emb = encoder.encode([r["prompt"] for r in records], batch_size=64, normalize_embeddings=True,
-                         show_progress_bar=False).astype(np.float32)
+    emb = encode_sentences(load_encoder(DEFAULT_ENCODER), [r["prompt"] for r in records])
     np.save(cache, emb)
     return emb
 

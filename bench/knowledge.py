@@ -58,7 +58,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from schemas.scoring import DEFAULT_LM  # noqa: E402
+from schemas.scoring_spec import DEFAULT_LM  # noqa: E402
 
 log = logging.getLogger("bench.knowledge")
 

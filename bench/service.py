@@ -14,7 +14,7 @@ each request timed from send to full body. Scenarios:
   API render the page anew: it keeps a rendered page only while the database is unchanged);
 - ``GET /datasets/{id}/stats`` at ``--clients`` clients: served from the stats cache (a scored dataset
   is immutable, so its stats are computed once, by the worker right after curation or by the first
-  request, and kept in memory and in ``.stats-v1.json`` beside the data);
+  request, and kept in memory and in ``.stats-v2.json`` beside the data);
 - the same stats computed from scratch (cache off, one client): what the first request, or the worker
   after curation, pays.
 
@@ -56,7 +56,8 @@ def build_scored(folder: Path, rows: int, seed: int = 0) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from schemas import SCORED_SCHEMA
+    from schemas import SCORED_SCHEMA, Counts, Manifest
+    from schemas.manifest import QUANTILES, quantile_label
 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -79,8 +80,9 @@ def build_scored(folder: Path, rows: int, seed: int = 0) -> float:
         "target": np.char.add("City ", (index % 5000).astype(str)), "subject": [None] * rows,
         "relation": [None] * rows, "ground_truth": [None] * rows, "paraphrases": [[]] * rows,
         "locality": [[]] * rows, "source": ["synthetic.jsonl"] * rows, "position": index, "meta": [[]] * rows,
-        "prediction": ["a testament to the"] * rows, "drift": drift, "drift_sentence": drift * 0.9,
-        "drift_lm": drift * 1.1, "drift_expected": drift, "target_logprob": -3 * drift,
+        "prediction": ["a testament to the"] * rows, "drift": drift, "drift_definition": ["expected"] * rows,
+        "drift_sentence": drift * 0.9, "drift_lm": drift * 1.1, "drift_expected": drift,
+        "drift_rank": np.clip(drift / 2, 0, 1), "target_logprob": -3 * drift,
         "target_rank": rng.integers(1, 1000, rows), "interference": interference,
         "neighbors": rng.integers(0, 5, rows), "conflicts_with": conflicts,
         "shared_target": rng.integers(0, 10, rows), "duplicate_of": [None] * rows, "keep": keep,
@@ -90,9 +92,14 @@ def build_scored(folder: Path, rows: int, seed: int = 0) -> float:
     (folder / "scored").mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / "scored" / "part-0.parquet", row_group_size=128 * 1024)
     counts = {r: int((reason == r).sum()) for r in reasons}
-    (folder / "manifest.json").write_text(json.dumps({
-        "dataset_id": "ds_bench", "created_at": datetime.now(timezone.utc).isoformat(),
-        "counts": {"input": rows, "scored": rows, "rejected": 0, "kept": counts["kept"], "by_reason": counts}}))
+    # As the pipeline writes it: the stats take their quantiles and drift definition from here.
+    quantiles = {name: {quantile_label(q): float(np.quantile(values, q)) for q in QUANTILES}
+                 for name, values in (("drift", drift), ("interference", interference))}
+    Manifest(dataset_id="ds_bench", created_at=datetime.now(timezone.utc).isoformat(), beacon_version="bench",
+             inputs=[], input_digest="0", format="jsonl",
+             counts=Counts(input=rows, scored=rows, rejected=0, kept=counts["kept"], by_reason=counts),
+             quantiles=quantiles, config={"drift_definition": "expected"}, config_hash="0" * 16, models={},
+             runner="bench").write(folder)
     return time.perf_counter() - started
 
 

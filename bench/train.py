@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from schemas.scoring import DEFAULT_LM  # noqa: E402
+from schemas.scoring_spec import DEFAULT_LM  # noqa: E402
 
 ARMS = ("plain", "weighted", "semantic")
 BASE_MODEL = DEFAULT_LM
@@ -125,8 +125,8 @@ def run_paired(args: argparse.Namespace) -> dict:
 
     config = TrainConfig(max_steps=args.steps, epochs=None, batch_size=args.batch_size, seed=args.seed,
                          model=BASE_MODEL, chat_template=False)
-    tmp = tempfile.TemporaryDirectory()
-    setup = lora_setup(args, config, Path(tmp.name))
+    with tempfile.TemporaryDirectory() as tmp:  # the Trainer's output folder; nothing is saved there
+        setup = lora_setup(args, config, Path(tmp))
     model, tokenizer, examples = setup.model, setup.tokenizer, setup.examples
     plain_collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     weighted_collate = WeightedCollator(tokenizer.pad_token_id)

@@ -2,7 +2,7 @@
 ``curate:`` section (read by ``schemas.config_file``, like every section).
 
 The scoring choices the trainer shares (model, encoder, chat template, probe length, drift definition)
-are defined once, in ``schemas.scoring.ScoringSpec``, which this config extends.
+are defined once, in ``schemas.scoring_spec.ScoringSpec``, which this config extends.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from schemas.config_file import ConfigSection
-from schemas.scoring import ScoringSpec
+from schemas.scoring_spec import ScoringSpec
 
 InputFormat = Literal["auto", "jsonl", "json", "parquet", "csv", "counterfact", "rome", "zsre"]
 Weighting = Literal["none", "drift", "inverse_drift"]

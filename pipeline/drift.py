@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from schemas.scoring import DRIFT_COLUMNS, DRIFT_DEFINITIONS
+from schemas.scoring_spec import DRIFT_COLUMNS, DRIFT_DEFINITIONS
 from scoring.drift import sentence_drift
 
 

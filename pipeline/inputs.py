@@ -15,10 +15,14 @@ import json
 import os
 import posixpath
 from dataclasses import dataclass
+from typing import get_args
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.config import InputFormat
+
+# The --format values (pipeline.config.InputFormat) besides 'auto': a container, or a layout it forces.
 CONTAINERS = ("jsonl", "json", "parquet", "csv")
 FORCED_LAYOUTS = ("counterfact", "rome", "zsre")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
@@ -54,7 +58,7 @@ def check_inputs(paths: list[str], fmt: str) -> list[InputSpec]:
     """
     if not paths:
         raise ValueError("no input files given; pass at least one JSONL, JSON, Parquet or CSV file")
-    known = ("auto", *CONTAINERS, *FORCED_LAYOUTS)
+    known = get_args(InputFormat)
     if fmt not in known:
         raise ValueError(f"unknown input format {fmt!r}; use one of {', '.join(known)}")
     specs = []

@@ -92,7 +92,7 @@ def _write(path: str, identity: Identity, read: int, reasons: list, stages: list
 
 
 class WriteManifest(beam.PTransform):
-    """``{read: PCollection of records read, scored: scored rows, rejected: dead letters,
+    """``{read: one count of the records read, scored: scored rows, rejected: dead letters,
     quantiles: (name, points), thresholds: one dict}`` -> ``<staging>/manifest.json``."""
 
     def __init__(self, staging: str, identity: Identity):
@@ -102,7 +102,7 @@ class WriteManifest(beam.PTransform):
 
     def expand(self, inputs):
         count = beam.combiners.Count
-        read = inputs["read"] | "CountRead" >> count.Globally()
+        read = inputs["read"]
         reasons = (inputs["scored"] | "Reason" >> beam.Map(lambda r: r["reason"])
                    | "CountReasons" >> count.PerElement())
         stages = (inputs["rejected"] | "Stage" >> beam.Map(lambda r: r["stage"])

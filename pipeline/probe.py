@@ -2,8 +2,9 @@
 
 One ``ModelHandler`` for ``RunInference``: the LM loads once per worker, facts arrive in batches.
 Per fact it returns the greedy answer (left-padded batched decoding), the teacher-forced mean
-log-probability of the target, the rank of the target's first token, and two drift variants measured
-in the LM's own input-embedding space (see ``schemas.scored.ScoredFact``).
+log-probability of the target, the rank of the target's first token, and three drift variants from the
+LM itself: ``drift_lm`` and ``drift_expected`` in its input-embedding space, ``drift_rank`` from its
+ranking (see ``scoring.drift``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class LMProbeHandler(ModelHandler[dict, dict, LoadedLM]):
         from scoring.models import load_lm
 
         started = time.perf_counter()
-        model, tokenizer, path = load_lm(self._model_spec)
+        # CPU, as the scores have always been computed: the same dataset scores on every machine.
+        model, tokenizer, path = load_lm(self._model_spec, device="cpu")
         log.info("loaded LM %s in %.1fs", path, time.perf_counter() - started)
         return LoadedLM(model, tokenizer)
 

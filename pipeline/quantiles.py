@@ -1,8 +1,8 @@
 """ScoreQuantiles: the distribution of each score, computed once in the graph.
 
 The policy resolves its quantile thresholds from these points and the manifest summarises them at
-``schemas.manifest.QUANTILES``; nothing else computes a quantile of a score (the service reads the
-manifest's). Beam's ApproximateQuantiles is exact at small sizes and bounded in memory at large ones.
+``schemas.manifest.QUANTILES``; the service's stats read the manifest's. (The evaluation's drift
+quartiles are of the facts it evaluates, a different population, and stay its own.) Beam's ApproximateQuantiles is exact at small sizes and bounded in memory at large ones.
 """
 
 from __future__ import annotations

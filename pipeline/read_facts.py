@@ -39,11 +39,8 @@ _NOT_UTF8 = "not valid UTF-8; re-encode the file as UTF-8"
 
 
 class ReadFacts(beam.PTransform):
-    """Read checked inputs into tagged outputs ``facts`` (Fact dicts) and ``rejected`` (dead letters).
-
-    The result is a ``DoOutputsTuple``: ``result['facts']`` / ``result.facts`` and
-    ``result['rejected']`` / ``result.rejected``.
-    """
+    """Read checked inputs into ``facts`` (Fact dicts), ``rejected`` (dead letters) and ``read`` (one
+    element: how many records the files held, counted as they were read, before any parsing)."""
 
     def __init__(self, specs: list[InputSpec], config: CurateConfig):
         super().__init__()
@@ -53,15 +50,20 @@ class ReadFacts(beam.PTransform):
         self._config = config
 
     def expand(self, pbegin):
-        return (
+        records = (
             pbegin
             | "ListInputs" >> beam.Create(self._specs)
             | "SpreadFiles" >> beam.Reshuffle()  # unfused from Create: files are read in parallel
-            | "ReadRecords" >> beam.ParDo(_ReadRecordsFn())
+            | "ReadRecords" >> beam.ParDo(_ReadRecordsFn()))
+        parsed = (
+            records
             | "Spread" >> beam.Reshuffle()
             | "ParseAndValidate" >> beam.ParDo(_ParseRecordFn(self._specs, self._config))
-            .with_outputs("rejected", main="facts")
-        )
+            .with_outputs("rejected", main="facts"))
+        # Counted here, where records leave the files: a record lost anywhere later breaks the
+        # manifest's input == scored + rejected check.
+        read = records | "CountRead" >> beam.combiners.Count.Globally()
+        return {"facts": parsed["facts"], "rejected": parsed["rejected"], "read": read}
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -241,6 +243,3 @@ def _raw_text(payload: Any) -> str:
     if isinstance(payload, dict):
         payload = {str(k): v for k, v in payload.items()}  # csv's None key for surplus cells
     return truncate_raw(json.dumps(payload, ensure_ascii=False, default=str))
-
-
-# --- driver-side checks -----------------------------------------------------------------------------

@@ -110,8 +110,7 @@ def build(p: beam.Pipeline, specs: list[InputSpec], staging: str, config: Curate
          embed["failed"] | "EmbedDeadLetters" >> DeadLetters("embed"))
         | "AllRejected" >> beam.Flatten())
     written = {"scored": scored, "rejected": rejected} | "WriteScored" >> WriteScored(staging)
-    all_read = (read["facts"], read["rejected"]) | "AllRead" >> beam.Flatten()
-    _ = ({"read": all_read, "scored": written["scored"], "rejected": written["rejected"],
+    _ = ({"read": read["read"], "scored": written["scored"], "rejected": written["rejected"],
           "quantiles": (quantiles, weight_quantiles) | "AllQuantiles" >> beam.Flatten(),
           "thresholds": policy["thresholds"]}
          | "WriteManifest" >> WriteManifest(staging, Identity.of(specs, config, runner)))

@@ -42,14 +42,14 @@ class ConfigSection(BaseModel):
 
     @classmethod
     def from_layers(cls: type[S], *layers: dict[str, Any], where: str = "") -> S:
-        """The config built from layers, later ones winning (file, then flags).
+        """The config built from layers, later ones winning (file, then flags); a None is a value.
 
         Raises:
             ValueError: a key or value is invalid; the message names the section, the key and the value.
         """
         data: dict[str, Any] = {}
         for layer in layers:
-            data = cls.merge(data, {k: v for k, v in layer.items() if v is not None})
+            data = cls.merge(data, layer)
         try:
             return cls(**data)
         except ValidationError as e:
@@ -142,6 +142,7 @@ def load_sections(path: str | Path | None, classes: dict[str, type[ConfigSection
     """
     found = file_sections(path, list(classes))
     where = f" in {path}" if path is not None else ""
-    return {name: cls.from_layers(found.get(name, {}), (overrides or {}).get(name, {}),
-                                  where=where if name in found else "")
+    # A flag not given is None: it overrides nothing (a null in the file is the file's value).
+    flags = {name: {k: v for k, v in (overrides or {}).get(name, {}).items() if v is not None} for name in classes}
+    return {name: cls.from_layers(found.get(name, {}), flags[name], where=where if name in found else "")
             for name, cls in classes.items()}

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas.scoring import ScoringSpec
+from schemas.scoring_spec import ScoringSpec
 
 MANIFEST_FILE = "manifest.json"
 # The points at which every score's distribution is summarised (manifest and dataset stats alike).
@@ -87,6 +87,9 @@ class Manifest(BaseModel):
     @classmethod
     def read(cls, dataset_dir: str | Path) -> "Manifest":
         """The manifest of the dataset in ``dataset_dir``.
+
+        Strict: a manifest with a missing or unknown field is an error naming it, the same for the
+        trainer, the service and the commands (curate again to write a current one).
 
         Raises:
             FileNotFoundError: there is no manifest (the folder is not a curated dataset).

@@ -12,7 +12,7 @@ import pyarrow as pa
 from pydantic import ConfigDict, Field
 
 from schemas.fact import FACT_FIELDS, Fact
-from schemas.scoring import DriftDefinition
+from schemas.scoring_spec import DriftDefinition
 
 Reason = Literal["kept", "duplicate", "conflict", "high_drift", "high_interference"]
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]

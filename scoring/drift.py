@@ -4,8 +4,9 @@
   the target's slot (``answer_head``).
 - ``lm``: the same on the LM's mean input-token embeddings (``lm_answer_drift``).
 - ``expected``: 1 - cos(sum_v p(v|prompt) E[v], E[first target token]) in the LM's embedding space:
-  smooth, blind to junk greedy answers (computed with the target scores, ``scoring.lm_scores``).
-- ``rank``: log(rank of the target's first token) / log(vocabulary size) (``rank_drift``).
+  smooth, blind to junk greedy answers (``expected_drift``, on the logits ``scoring.lm_scores`` computes).
+- ``rank``: log(rank of the target's first token) / log(vocabulary size) (``first_token_rank``,
+  ``rank_drift``).
 
 The pipeline's ScoreDrift and ProbeModel call these before training; ``beacon eval`` calls
 ``drift_by_definition`` before and after it, so both sides use the same function for each.
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.scoring import DRIFT_DEFINITIONS
+from schemas.scoring_spec import DRIFT_COLUMNS, DRIFT_DEFINITIONS
 
 _EDGE_PUNCT = ".,;:!?\"'()[]"
 
@@ -36,6 +37,23 @@ def answer_head(prediction: str, target: str) -> str:
     """
     words = [w.strip(_EDGE_PUNCT) for w in prediction.split()[:max(1, len(target.split()))]]
     return " ".join(w for w in words if w)
+
+
+def first_token_rank(logits: Any, target_token: int) -> int:
+    """Rank of ``target_token`` in one position's logits: 1 = the model's top choice."""
+    return int((logits > logits[target_token]).sum().item()) + 1
+
+
+def expected_drift(logits: Any, embeddings: Any, target_token: int) -> float:
+    """The ``expected`` definition: 1 - cos(sum_v p(v) E[v], E[target token]), clipped to [0, 2].
+
+    ``logits`` is one position's (vocab,) float tensor, ``embeddings`` the LM's input embedding matrix.
+    """
+    import torch
+
+    expected = torch.softmax(logits, -1) @ embeddings.float()
+    cos = float(torch.cosine_similarity(expected, embeddings[target_token].float(), dim=0))
+    return min(2.0, max(0.0, 1.0 - cos))
 
 
 def rank_drift(rank: "np.ndarray | Sequence[int]", vocab: int) -> np.ndarray:
@@ -81,7 +99,7 @@ def drift_by_definition(definition: str, *, answers: Sequence[str], targets: Seq
         encoder: the sentence encoder spec (``sentence`` only).
     """
     if definition in ("expected", "rank"):  # teacher-forced scores, no decoding
-        return np.asarray(scores[f"drift_{definition}"], dtype=float)
+        return np.asarray(scores[DRIFT_COLUMNS[definition]], dtype=float)
     answers = [clean_answer(a) for a in answers]
     if definition == "lm":
         return lm_answer_drift(model, tokenizer, answers, targets)

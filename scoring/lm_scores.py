@@ -30,7 +30,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from scoring.drift import rank_drift
+from scoring.drift import expected_drift, first_token_rank, rank_drift
 
 __all__ = [
     "format_prompt", "target_text", "encode_prompt", "encode_pair", "score_targets", "greedy_answers",
@@ -157,10 +157,8 @@ def _teacher_forced(model: Any, prompt_ids: list[list[int]], cont_ids: list[list
                        "argmax": row_logits.argmax(-1).cpu().numpy()}
                 if first_token:
                     first = row_logits[0]
-                    res["rank"] = int((first > first[target[0]]).sum().item()) + 1
-                    expected = torch.softmax(first, -1) @ emb.float()
-                    res["expected_distance"] = min(2.0, max(0.0, 1.0 - float(
-                        torch.cosine_similarity(expected, emb[target[0]].float(), dim=0))))
+                    res["rank"] = first_token_rank(first, cont_ids[i][0])
+                    res["expected_distance"] = expected_drift(first, emb, cont_ids[i][0])
                 yield i, res
 
 
@@ -268,10 +266,8 @@ def _probe_target(model: Any, cache: Any, mask: "torch.Tensor", pos: "torch.Tens
     for r, i in enumerate(batch):
         t0 = target_ids[i][0]
         row = last[r]
-        out["target_rank"][i] = int((row > row[t0]).sum().item()) + 1
-        expected = torch.softmax(row, -1) @ emb.float()
-        out["drift_expected"][i] = min(2.0, max(0.0, 1.0 - float(
-            torch.cosine_similarity(expected, emb[t0].float(), dim=0))))
+        out["target_rank"][i] = first_token_rank(row, t0)
+        out["drift_expected"][i] = expected_drift(row, emb, t0)
         logps.append([float(torch.log_softmax(row, -1)[t0])])
     rest = max(len(target_ids[i]) for i in batch) - 1
     if rest > 0:  # the later target tokens, fed after the prompt on a copy of its cache

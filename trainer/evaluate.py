@@ -23,6 +23,7 @@ from trainer.config import EvalConfig, TrainConfig
 from trainer.data import read_dataset_info, read_scored
 from trainer.files import write_json, write_parquet
 from trainer.metrics import EVAL_SCHEMA, build_metrics, drift_quartiles, starts_with_target
+from trainer.runs import RUN_CONFIG, SUMMARY, read_json
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
     started = time.perf_counter()
     config = config or EvalConfig()
     run_dir = Path(run_dir)
-    run_path = run_dir / "config.json"
+    run_path = run_dir / RUN_CONFIG
     if not run_path.is_file():
         raise FileNotFoundError(f"{run_path} not found: is {run_dir} a run written by `beacon train`?")
     run = json.loads(run_path.read_text())
@@ -75,8 +76,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
         **{k: v for k, v in scores.items() if k in EVAL_SCHEMA.names},
     }
     result = pa.Table.from_pydict({name: columns[name] for name in EVAL_SCHEMA.names}, schema=EVAL_SCHEMA)
-    summary_path = run_dir / "train_summary.json"
-    trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    trained = read_json(run_dir / SUMMARY) or {}
     metrics = build_metrics(result, drift_definition=info.scoring.drift_definition,
                             pushed_away_epsilon=config.pushed_away_epsilon, run={
                                 "run_dir": str(run_dir.resolve()), "dataset": str(dataset_dir),

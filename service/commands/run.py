@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                   "(any subset)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over: re-curate and retrain even if DIR holds an earlier run")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="hide progress bars")
     add_config_flags(p, CurateConfig)
     add_config_flags(p, TrainConfig, skip=TRAIN_SKIP)
     p.set_defaults(run=run, accepts_extra=True)

@@ -169,7 +169,7 @@ def layouts_run(tmp_path_factory):
     specs = check_inputs(paths, "auto")
 
     def expected_ids(result):
-        assert_that(result.facts | beam.Map(lambda f: f["fact_id"]), equal_to(
+        assert_that(result["facts"] | beam.Map(lambda f: f["fact_id"]), equal_to(
             ["101", "102", "103", "201", "202", "203", stable_fact_id(
                 "In which country is Velmore Abbey?", "Portugal"), "302", "303", "c01", "c02",
              stable_fact_id("The native language of Ilse Varga is", "Finnish"), "p01", "p02", "p03",

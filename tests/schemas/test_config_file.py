@@ -72,3 +72,11 @@ def test_unreadable_files_and_bad_values_are_errors_naming_them(tmp_path: Path) 
     (tmp_path / "inf.yaml").write_text("curate:\n  max_drift: .inf\n")
     with pytest.raises(ValueError, match="max_drift: .*finite"):
         load_sections(tmp_path / "inf.yaml", {"curate": CurateConfig})
+
+
+def test_a_null_in_the_file_is_a_value_and_an_absent_flag_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text("train:\n  save_total_limit: null\n")  # keep every checkpoint
+    assert load_sections(path, {"train": TrainConfig})["train"].save_total_limit is None
+    got = load_sections(path, {"train": TrainConfig}, {"train": {"save_total_limit": None, "lora_rank": 4}})
+    assert got["train"].save_total_limit is None and got["train"].lora_rank == 4

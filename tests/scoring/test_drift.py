@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.drift import with_drift
-from schemas.scoring import DRIFT_COLUMNS, DRIFT_DEFINITIONS
+from schemas.scoring_spec import DRIFT_COLUMNS, DRIFT_DEFINITIONS
 from scoring.drift import answer_head, clean_answer, drift_by_definition, rank_drift, sentence_drift
 
 

@@ -214,3 +214,21 @@ def test_startup_removes_only_stale_upload_temp_files(service):
     uploads = service.data_dir / "uploads"
     assert not (uploads / ".upload-0123456789abcdef").exists()
     assert (uploads / ".upload-fedcba9876543210").exists()
+
+
+def test_stats_of_a_dataset_curated_before_drift_definition_was_a_column(service, client, scored_id):
+    import pyarrow.parquet as pq
+
+    from service.store import Store
+
+    old_id = "dst_01d0000000000001"
+    src, dst = service.data_dir / "datasets" / scored_id, service.data_dir / "datasets" / old_id
+    (dst / "scored").mkdir(parents=True)
+    table = pq.read_table(src / "scored" / "part-0.parquet")
+    pq.write_table(table.drop_columns(["drift_definition"]), dst / "scored" / "part-0.parquet")
+    (dst / "manifest.json").write_bytes((src / "manifest.json").read_bytes())
+    Store(service.data_dir / "beacon.db").insert_dataset(id=old_id, kind="scored", name="old", format="parquet",
+                                                         path=f"datasets/{old_id}", rows=table.num_rows)
+    r = client.get(f"/datasets/{old_id}/stats")
+    assert r.status_code == 200, r.text
+    assert r.json()["drift"]["definition"] == "expected"  # from the manifest

@@ -46,8 +46,8 @@ def test_one_length_given_replaces_the_other_in_one_place() -> None:
 
 
 def test_non_finite_numbers_are_refused_naming_the_field() -> None:
-    for field in ("learning_rate", "epochs", "lora_alpha"):
-        with pytest.raises(ValueError, match=f"{field}: .*finite"):
+    for field in ("learning_rate", "epochs", "lora_alpha", "semantic_weight"):
+        with pytest.raises(ValueError, match=f"{field}: .*(finite|less than or equal)"):  # refused, named
             TrainConfig.from_layers({field: float("inf")})
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig.from_layers({"learning_rate": float("nan")})
