@@ -111,7 +111,8 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
 
 
 def run_paired(args: argparse.Namespace) -> dict:
-    """Forward + backward of the same batches with each loss (plain, weighted, + semantic) in turn.
+    """Forward + backward of the same batches with each loss (plain, weighted, + semantic, weighted +
+    the per-fact trace of ``beacon train``) in turn.
 
     Interleaving step by step exposes both losses to the same machine load: the ratio of median step
     times is the loss path's own cost, whatever else the machine runs.
@@ -122,6 +123,7 @@ def run_paired(args: argparse.Namespace) -> dict:
     from trainer.config import TrainConfig
     from trainer.data import WeightedCollator
     from trainer.loss import weighted_loss
+    from trainer.trace import fact_states
 
     config = TrainConfig(max_steps=args.steps, epochs=None, batch_size=args.batch_size, seed=args.seed,
                          model=BASE_MODEL, chat_template=False)
@@ -130,28 +132,31 @@ def run_paired(args: argparse.Namespace) -> dict:
     model, tokenizer, examples = setup.model, setup.tokenizer, setup.examples
     plain_collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     weighted_collate = WeightedCollator(tokenizer.pad_token_id)
-    times: dict[str, list[float]] = {"plain": [], "weighted": [], "semantic": []}
+    times: dict[str, list[float]] = {"plain": [], "weighted": [], "semantic": [], "traced": []}
     embeddings = model.get_input_embeddings().weight
 
     def plain_step(chunk: list) -> None:
         batch = plain_collate([{"input_ids": e.input_ids, "labels": e.labels} for e in chunk])
         model(**batch).loss.backward()
 
-    def weighted_step(chunk: list, semantic_weight: float = 0.0) -> None:
+    def weighted_step(chunk: list, semantic_weight: float = 0.0, trace: bool = False) -> None:
         batch = weighted_collate([{"input_ids": e.input_ids, "labels": e.labels, "weight": e.weight}
                                   for e in chunk])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         weighted_loss(logits, batch["labels"], batch["weight"], semantic_weight=semantic_weight,
                       embeddings=embeddings).backward()
+        if trace:  # what WeightedTrainer adds per micro-batch when beacon train keeps its trace
+            fact_states(logits, batch["labels"], embeddings, last_is_eos=True)
 
     steps = {"plain": plain_step, "weighted": weighted_step,
-             "semantic": lambda chunk: weighted_step(chunk, semantic_weight=0.1)}
+             "semantic": lambda chunk: weighted_step(chunk, semantic_weight=0.1),
+             "traced": lambda chunk: weighted_step(chunk, trace=True)}
     order = list(steps)
     bs = config.batch_size
     for i in range(args.steps):
         start = (i * bs) % max(len(examples) - bs + 1, 1)
         chunk = examples[start:start + bs]
-        for arm in order[i % 3:] + order[:i % 3]:  # each loss goes first, second, last in turn
+        for arm in order[i % len(order):] + order[:i % len(order)]:  # each loss takes each place in turn
             t = time.perf_counter()
             steps[arm](chunk)
             elapsed = time.perf_counter() - t
@@ -161,6 +166,7 @@ def run_paired(args: argparse.Namespace) -> dict:
     median = {arm: statistics.median(v) for arm, v in times.items()}
     return {"median_step_seconds": median, "weighted_vs_plain_speed": median["plain"] / median["weighted"],
             "semantic_vs_plain_speed": median["plain"] / median["semantic"],
+            "traced_vs_weighted_speed": median["weighted"] / median["traced"],
             "pairs": len(times["plain"]), "torch_threads": torch.get_num_threads()}
 
 
@@ -246,7 +252,8 @@ def markdown(result: dict) -> str:
                      f"{1000 * q['median_step_seconds']['weighted']:.0f} ms, weighted + semantic term "
                      f"{1000 * q['median_step_seconds']['semantic']:.0f} ms per step (median): weighted at "
                      f"{q['weighted_vs_plain_speed']:.3f}x, semantic at {q['semantic_vs_plain_speed']:.3f}x "
-                     f"the plain speed")
+                     f"the plain speed; weighted + trace {1000 * q['median_step_seconds']['traced']:.0f} ms: "
+                     f"the trace costs {100 * (1 / q['traced_vs_weighted_speed'] - 1):.1f}% of a weighted step")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ Reduction = Literal["sample", "token"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 # Keys that change nothing the run learns: they may differ when a run is resumed.
-NOT_COMPARED_ON_RESUME = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress"})
+NOT_COMPARED_ON_RESUME = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress", "trace"})
 
 
 LENGTH_KEYS = ("epochs", "max_steps")
@@ -72,6 +72,9 @@ class TrainConfig(ConfigSection):
     save_total_limit: int | None = Field(2, gt=0, le=10_000, description="Checkpoints kept (oldest deleted).")
     logging_steps: int = Field(10, gt=0, le=MAX_STEPS, description="Log the loss every this many steps.")
     progress: bool = Field(True, description="Show progress bars.")
+    trace: bool = Field(True, description="Write R/trace.parquet: each fact's loss, target probability, "
+                                          "learned or not and distance at every visit (from the training "
+                                          "forward pass; changes nothing learned).")
 
     @model_validator(mode="before")
     @classmethod

@@ -126,11 +126,12 @@ class ExampleDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
-        return {"input_ids": ex.input_ids, "labels": ex.labels, "weight": ex.weight}
+        return {"input_ids": ex.input_ids, "labels": ex.labels, "weight": ex.weight, "index": i}
 
 
 class WeightedCollator:
-    """Right-pads a batch and keeps ``weight`` (the default collators and column pruning drop it)."""
+    """Right-pads a batch and keeps ``weight`` and the examples' ``fact_index`` (the default collators
+    and column pruning drop them)."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
@@ -148,4 +149,7 @@ class WeightedCollator:
             labels[r, :n] = torch.tensor(f["labels"])
             mask[r, :n] = 1
         weight = torch.tensor([float(f.get("weight", 1.0)) for f in features], dtype=torch.float32)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weight": weight}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "weight": weight}
+        if all("index" in f for f in features):  # which examples these are: the trace's fact ids
+            batch["fact_index"] = torch.tensor([int(f["index"]) for f in features], dtype=torch.long)
+        return batch

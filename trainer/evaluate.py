@@ -74,6 +74,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
         "drift_definition": [info.scoring.drift_definition] * n,
         "pushed_away": pushed,
         **{k: v for k, v in scores.items() if k in EVAL_SCHEMA.names},
+        **_trace_columns(run_dir, [f["fact_id"] for f in facts], config.pushed_away_epsilon),
     }
     result = pa.Table.from_pydict({name: columns[name] for name in EVAL_SCHEMA.names}, schema=EVAL_SCHEMA)
     trained = read_json(run_dir / SUMMARY) or {}
@@ -92,6 +93,20 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
     write_parquet(result, run_dir / "eval.parquet")
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _trace_columns(run_dir: Path, fact_ids: list[str], margin: float) -> dict[str, list]:
+    """Each fact's training history from ``R/trace.parquet`` (all null when the run kept none)."""
+    import pyarrow.parquet as pq
+
+    from trainer.trace import TRACE_FILE, summarise
+
+    path = run_dir / TRACE_FILE
+    per_fact = summarise(pq.read_table(path), margin=margin) if path.is_file() else {}
+    keys = {"trained_visits": "visits", "first_learned_step": "first_learned_step",
+            "times_forgotten": "times_forgotten", "pushed_away_in_training": "pushed_away_in_training"}
+    return {column: [per_fact[f][key] if f in per_fact else None for f in fact_ids]
+            for column, key in keys.items()}
 
 
 def _score(model: Any, tokenizer: Any, facts: list[dict[str, Any]], config: EvalConfig, chat: bool,

@@ -45,6 +45,11 @@ EVAL_FIELDS: list[pa.Field] = [
     pa.field("drift_expected_before", pa.float64(), nullable=False),
     pa.field("drift_expected_after", pa.float64(), nullable=False),
     pa.field("pushed_away", pa.bool_(), nullable=False),  # drift_after > drift_before + epsilon
+    # From the training trace (R/trace.parquet); null for a fact never trained on, or without a trace.
+    pa.field("trained_visits", pa.int64()),  # forward passes the fact was in
+    pa.field("first_learned_step", pa.int64()),  # first step whose forward pass had it learned
+    pa.field("times_forgotten", pa.int64()),  # learned on one visit, not on the next
+    pa.field("pushed_away_in_training", pa.bool_()),  # distance rose above its first visit's + epsilon
 ]
 EVAL_SCHEMA = pa.schema(EVAL_FIELDS)
 
@@ -89,6 +94,21 @@ def aggregate(table: pa.Table) -> dict[str, Any]:
     return out
 
 
+def training_summary(table: pa.Table) -> dict[str, Any] | None:
+    """What the training trace says of these facts (None without a trace)."""
+    visits = [v for v in table.column("trained_visits").to_pylist() if v is not None]
+    if not visits:
+        return None
+    first = [s for s in table.column("first_learned_step").to_pylist() if s is not None]
+    forgotten = [f for f in table.column("times_forgotten").to_pylist() if f is not None]
+    pushed = [p for p in table.column("pushed_away_in_training").to_pylist() if p is not None]
+    return {"traced": len(visits), "learned_in_training": len(first),
+            "first_learned_step_median": float(np.median(first)) if first else None,
+            "first_learned_step_max": max(first) if first else None,
+            "forgotten_facts": sum(f > 0 for f in forgotten), "times_forgotten": sum(forgotten),
+            "pushed_away_in_training": float(np.mean(pushed)) if pushed else None}
+
+
 def build_metrics(table: pa.Table, *, drift_definition: str, pushed_away_epsilon: float,
                   run: dict[str, Any]) -> dict[str, Any]:
     """``metrics.json``: top level over the kept (trained) facts, then groups and drift quartiles."""
@@ -103,6 +123,7 @@ def build_metrics(table: pa.Table, *, drift_definition: str, pushed_away_epsilon
         "filtered": aggregate(filtered),
         "all": aggregate(table),
         "by_drift_quartile": {},
+        "training": training_summary(kept),
         "run": run,
     }
     quartile = np.asarray(table.column("drift_quartile").to_pylist())

@@ -2,7 +2,8 @@
 
 ``R/config.json`` (the config, dataset id and manifest hash; compared on every resume),
 ``R/checkpoints/checkpoint-N/`` (adapter, optimizer, scheduler, RNG, trainer state, ``beacon_run.json``),
-``R/adapter/`` (peft ``save_pretrained``), ``R/train_summary.json``.
+``R/adapter/`` (peft ``save_pretrained``), ``R/train_summary.json``, ``R/trace.parquet``
+(``trainer.trace``).
 """
 
 from __future__ import annotations

@@ -23,12 +23,13 @@ class TrainingSetup:
 
 def build_trainer(config: TrainConfig, rows: list[dict[str, Any]], output_dir: Path, *,
                   base: tuple[Any, Any] | None = None, callbacks: list | None = None,
-                  **training_args: Any) -> TrainingSetup:
+                  trace: Any = None, **training_args: Any) -> TrainingSetup:
     """A ready-to-train setup for ``rows`` (fact_id, prompt, target, weight) under ``config``.
 
     Args:
         config: the run's config, with ``model`` and ``chat_template`` resolved.
         base: (model, tokenizer) already loaded (a benchmark reuses one); default: load ``config.model``.
+        trace: a ``trainer.trace.FactTrace`` the training forward passes append to; None keeps none.
         training_args: ``TrainingArguments`` overrides (e.g. ``save_strategy="no"``).
 
     Raises:
@@ -52,7 +53,8 @@ def build_trainer(config: TrainConfig, rows: list[dict[str, Any]], output_dir: P
         model=model, args=training_arguments(config, output_dir, **training_args),
         train_dataset=ExampleDataset(examples), data_collator=WeightedCollator(tokenizer.pad_token_id),
         callbacks=list(callbacks or []), loss_reduction=config.loss_reduction,
-        semantic_weight=config.semantic_weight)
+        semantic_weight=config.semantic_weight, trace=trace, fact_ids=[e.fact_id for e in examples],
+        last_is_eos=config.add_eos)
     return TrainingSetup(model=model, tokenizer=tokenizer, examples=examples, trainer=trainer)
 
 

@@ -108,22 +108,28 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
     from transformers import TrainerCallback
 
     from trainer.setup import build_trainer
+    from trainer.trace import FactTrace
 
     checkpoints = run_dir / "checkpoints"
+    resume = last_complete_checkpoint(checkpoints)
+    # The trace of an earlier attempt, up to the step resumed from: the visits after it happen again.
+    trace = FactTrace.resumed(run_dir, checkpoint_step(resume) if resume else 0) if config.trace else None
 
     class StampCheckpoint(TrainerCallback):
-        """Writes the config and dataset id into each checkpoint, so it is self-describing."""
+        """Writes the config and dataset id into each checkpoint, so it is self-describing, and the
+        trace so far beside it, so a resumed run's trace has every visit once."""
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             path = checkpoints / f"checkpoint-{state.global_step}"
             if path.is_dir() and main:
                 write_json(path / CHECKPOINT_MARKER, {**record, "global_step": state.global_step})
+                if trace is not None:
+                    trace.write(run_dir)
 
-    setup = build_trainer(config, rows, checkpoints, callbacks=[StampCheckpoint()])
+    setup = build_trainer(config, rows, checkpoints, callbacks=[StampCheckpoint()], trace=trace)
     model, tokenizer, trainer = setup.model, setup.tokenizer, setup.trainer
 
     # --- 3. resume, train, save --------------------------------------------------------------------
-    resume = last_complete_checkpoint(checkpoints)
     if resume is not None:
         log.info("resuming from %s (step %d)", resume, checkpoint_step(resume))
     else:
@@ -144,6 +150,8 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
         log.info("%s is already trained to step %d; nothing to do", run_dir, trainer.state.global_step)
         return TrainResult(**previous)
     if main:
+        if trace is not None:
+            trace.write(run_dir)
         tmp = run_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp))

@@ -12,6 +12,7 @@ import torch
 from transformers import Trainer
 
 from trainer.loss import loss_normaliser, weighted_loss
+from trainer.trace import FactTrace, fact_states
 
 
 class WeightedTrainer(Trainer):
@@ -24,8 +25,11 @@ class WeightedTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, loss_reduction: str = "sample", semantic_weight: float = 0.0,
+                 trace: FactTrace | None = None, fact_ids: list[str] | None = None, last_is_eos: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The per-fact trace, read off each training forward pass (trainer.trace); None: not kept.
+        self.trace, self.fact_ids, self.last_is_eos = trace, fact_ids or [], last_is_eos
         if self.args.remove_unused_columns:
             raise ValueError("WeightedTrainer needs remove_unused_columns=False: "
                              "column pruning drops 'weight'")
@@ -58,10 +62,14 @@ class WeightedTrainer(Trainer):
         inputs = dict(inputs)
         weights = inputs.pop("weight")
         labels = inputs.pop("labels")
+        fact_index = inputs.pop("fact_index", None)
         outputs = model(**inputs)
         embeddings = None
-        if self.semantic_weight:
+        if self.semantic_weight or self.trace is not None:
             embeddings = self.accelerator.unwrap_model(model).get_input_embeddings().weight
+        if self.trace is not None and model.training and fact_index is not None:
+            states = fact_states(outputs.logits, labels, embeddings, last_is_eos=self.last_is_eos)
+            self.trace.add(self.state.global_step + 1, [self.fact_ids[i] for i in fact_index.tolist()], states)
         loss = weighted_loss(outputs.logits, labels, weights, normaliser=num_items_in_batch,
                              reduction=self.loss_reduction, semantic_weight=self.semantic_weight,
                              embeddings=embeddings)

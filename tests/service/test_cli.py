@@ -56,3 +56,14 @@ def test_run_with_a_config_holding_only_a_train_section(tmp_path, capsys):
     assert beacon(["run", str(FIXTURES / "mini_facts.jsonl"), "--out", str(tmp_path / "y"),
                    "--config", str(config)]) == 2
     assert "invalid curate config" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["train", "d", "--out", "r", "--learning-rate", "nan"], "learning_rate"),
+    (["curate", "in.jsonl", "--out", "x", "--max-drift", "inf"], "max_drift"),
+    (["run", "in.jsonl", "--out", "x", "--weight-strength=-inf"], "weight_strength"),
+])
+def test_non_finite_flags_are_refused_naming_the_field(argv, field, capsys):
+    assert beacon(argv) == 2
+    err = capsys.readouterr().err
+    assert field in err and ("finite" in err or "greater than" in err or "less than" in err), err

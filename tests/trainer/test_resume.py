@@ -59,6 +59,14 @@ def test_killed_run_resumes_to_the_same_step_and_weights(tiny_dataset: Path, tmp
     assert resumed.keys() == plain.keys()
     for name in plain:
         torch.testing.assert_close(resumed[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    # The trace has every visit once, as the uninterrupted run's: the killed attempt's later visits
+    # (after the checkpoint resumed from) were dropped and happened again.
+    import pyarrow.parquet as pq
+
+    def visits(path: Path) -> list[tuple]:
+        return sorted((r["step"], r["fact_id"]) for r in pq.read_table(path / "trace.parquet").to_pylist())
+
+    assert visits(run) == visits(straight) and len(visits(run)) == 14  # 5 facts by 2: batches of 2, 2, 1
 
     # Resuming with another config is an error that names the key.
     other = subprocess.run(beacon_train(tiny_dataset, run, "--learning-rate", "0.002"), cwd=REPO, env=env,

@@ -27,7 +27,7 @@ def test_train_then_evaluate_then_reload(tiny_dataset: Path, tmp_path: Path) -> 
     assert (result.global_step, result.facts, result.resumed_from) == (4, 5, None)
     for path in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.json",
                  "checkpoints/checkpoint-4/optimizer.pt", "checkpoints/checkpoint-4/beacon_run.json",
-                 "train_summary.json"):
+                 "train_summary.json", "trace.parquet"):
         assert (run / path).is_file(), path
     recorded = json.loads((run / "config.json").read_text())
     assert recorded["dataset"]["dataset_id"] == "ds-test" and recorded["train"]["learning_rate"] == 3e-3
@@ -41,7 +41,22 @@ def test_train_then_evaluate_then_reload(tiny_dataset: Path, tmp_path: Path) -> 
     # Four steps move the trained targets up, and not the untrained one as much.
     assert metrics["kept"]["target_logprob_after"] > metrics["kept"]["target_logprob_before"] + 0.5
 
+    # The trace: every visit a row. 5 kept facts in batches of 4 make epochs of a batch of 4 and one of 1.
+    trace = pq.read_table(run / "trace.parquet").to_pylist()
+    assert [sum(r["step"] == s for r in trace) for s in (1, 2, 3, 4)] == [4, 1, 4, 1]
+    kept_ids = {r["fact_id"] for r in scored_rows() if r["keep"]}
+    assert {r["fact_id"] for r in trace} <= kept_ids
+    for r in trace:
+        assert 0.0 <= r["target_prob_min"] <= r["target_prob_mean"] <= 1.0 and 0.0 <= r["distance"] <= 2.0
+    assert metrics["training"]["traced"] == len({r["fact_id"] for r in trace})
+
     table = pq.read_table(run / "eval.parquet")
+    by_id = {r["fact_id"]: r for r in table.to_pylist()}
+    for fact_id, row in by_id.items():
+        seen = [r for r in trace if r["fact_id"] == fact_id]
+        assert row["trained_visits"] == (len(seen) or None)
+        if not seen:
+            assert row["first_learned_step"] is None and row["times_forgotten"] is None
     rows = scored_rows()
     assert table.num_rows == len(rows)
     assert dict(zip(table.column("fact_id").to_pylist(), table.column("kept").to_pylist())) == \
