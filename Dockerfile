@@ -10,6 +10,7 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas schemas
+COPY scoring scoring
 COPY pipeline pipeline
 COPY trainer trainer
 COPY service service

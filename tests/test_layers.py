@@ -65,3 +65,16 @@ def test_the_check_finds_a_violation_and_names_the_file_and_the_import(tmp_path:
 @pytest.mark.parametrize("package", PACKAGES)
 def test_every_package_is_on_disk(package: str):
     assert (ROOT / package).is_dir()
+
+
+def test_the_image_and_the_package_hold_every_package():
+    """A package missing from pyproject's list or the Dockerfile's COPYs installs a broken Beacon."""
+    import re
+
+    installed = re.search(r"include = \[([^\]]*)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    copied = set(re.findall(r"^COPY (\w+) \1$", (ROOT / "Dockerfile").read_text(), flags=re.M))
+    for package in PACKAGES:
+        if package == "bench":
+            continue
+        assert f'"{package}*"' in installed, f"pyproject.toml does not install {package}/"
+        assert package in copied, f"the Dockerfile does not copy {package}/"
