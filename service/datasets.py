@@ -31,6 +31,10 @@ TOP_CONFLICTS = 20
 STATS_VERSION = 2  # v2: quantiles from the manifest, DuckDB's histogram, the drift definition named
 
 
+class DatasetUnreadable(ValueError):
+    """A registered dataset whose files exist but cannot be read as scored Parquet."""
+
+
 class PathError(ValueError):
     """A requested path that is not a file inside its root (``..``, absolute, symlink out, missing)."""
 
@@ -235,6 +239,8 @@ def compute_stats(files: ScoredFiles, *, threads: int) -> dict[str, Any]:
             raise PathError("the dataset has no scored Parquet files")
         con.execute(f"CREATE VIEW scored AS SELECT * FROM read_parquet({sql_paths(files.scored)})")
         return _stats(con, rejected=_count(con, files.rejected))
+    except duckdb.Error as e:  # a damaged or foreign Parquet file: the dataset's problem, not the server's
+        raise DatasetUnreadable(f"the dataset's Parquet files cannot be read: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
 

@@ -232,3 +232,17 @@ def test_stats_of_a_dataset_curated_before_drift_definition_was_a_column(service
     r = client.get(f"/datasets/{old_id}/stats")
     assert r.status_code == 200, r.text
     assert r.json()["drift"]["definition"] == "expected"  # from the manifest
+
+
+def test_stats_of_a_dataset_whose_parquet_is_damaged_is_409(service, client):
+    from service.store import Store
+
+    bad_id = "dst_bad0000000000001"
+    folder = service.data_dir / "datasets" / bad_id
+    (folder / "scored").mkdir(parents=True)
+    (folder / "scored" / "part-0.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+    Store(service.data_dir / "beacon.db").insert_dataset(id=bad_id, kind="scored", name="bad", format="parquet",
+                                                         path=f"datasets/{bad_id}", rows=1)
+    r = client.get(f"/datasets/{bad_id}/stats")
+    assert r.status_code == 409 and "cannot be read" in r.json()["detail"], r.text
+    jobs_still_answer(client)

@@ -14,7 +14,7 @@ from service.api.deps import (DatasetDep, LayoutDep, QuerySlotsDep, Reader, Scor
                               StoreDep, Writer)
 from service.api.models import Dataset, DatasetKind, DatasetStats, Page, QueryAnswer, QueryRequest
 from service.api.upload import UploadError, receive_upload, safe_suffix
-from service.datasets import Layout, PathError, cached_stats, dataset_stats, scored_files
+from service.datasets import DatasetUnreadable, Layout, PathError, cached_stats, dataset_stats, scored_files
 from service.query import QueryError, QueryLimits, QueryTooLarge, run_query
 from service.store import Store, new_id
 
@@ -84,7 +84,8 @@ async def get_dataset(dataset: DatasetDep) -> Dataset:
 
 
 @router.get("/{dataset_id}/stats", response_model=DatasetStats, dependencies=[Reader],
-            responses={404: {"description": "No such dataset."}, 409: {"description": "A raw dataset."}})
+            responses={404: {"description": "No such dataset."},
+                       409: {"description": "A raw dataset, or its files cannot be read."}})
 async def get_stats(dataset: ScoredDatasetDep, layout: LayoutDep, settings: SettingsDep) -> Response:
     """Counts by reason, drift (and which definition) and interference quantiles and histograms, the
     closest conflict pairs."""
@@ -97,6 +98,8 @@ async def get_stats(dataset: ScoredDatasetDep, layout: LayoutDep, settings: Sett
                                             use_cache=settings.stats_cache)
     except PathError as e:
         raise HTTPException(status_code=404, detail=f"dataset {dataset['id']} has no data on disk: {e}") from None
+    except DatasetUnreadable as e:
+        raise HTTPException(status_code=409, detail=f"dataset {dataset['id']}: {e}") from None
     return Response(content=stats, media_type="application/json")
 
 
