@@ -104,16 +104,9 @@ def check_sql(sql: str) -> str:
 
 
 def _check_functions(query: str, *, serialisable: bool) -> None:
-    import duckdb
-
     names: set[str] = set()
     if serialisable:  # DuckDB's own parse tree names every function, table function and table read
-        con = duckdb.connect(":memory:")
-        try:
-            tree = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0]
-        finally:
-            con.close()
-        names |= set(_TREE_NAME.findall(tree))
+        names |= set(_TREE_NAME.findall(_parse_tree(query)))
     # And every word of the text, for what the tree cannot show (a PIVOT, a quoted name): a column or
     # a string that happens to be called read_csv is refused too, which costs nothing.
     names |= set(_IDENTIFIER.findall(query))
@@ -122,6 +115,25 @@ def _check_functions(query: str, *, serialisable: bool) -> None:
     if denied:
         raise QueryError(f"the query calls {denied[0]}(), which reads the server's files, settings or "
                          "catalog; query the views scored, rejected and eval")
+
+
+_parse_lock = threading.Lock()
+_parse_con: Any = None
+
+
+def _parse_tree(query: str) -> str:
+    """DuckDB's JSON parse tree of ``query``, from one shared in-memory connection (it opens nothing;
+    a new connection per query costs ~10 ms), closed at exit so no C++ destructor runs at shutdown."""
+    global _parse_con
+    import atexit
+
+    import duckdb
+
+    with _parse_lock:
+        if _parse_con is None:
+            _parse_con = duckdb.connect(":memory:")
+            atexit.register(_parse_con.close)
+        return _parse_con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0]
 
 
 def run_query(sql: str, files: ScoredFiles, *, root: Path, limits: QueryLimits) -> QueryResult:
@@ -177,7 +189,8 @@ def _context() -> Any:
     with _ctx_lock:
         if _ctx is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["duckdb", "service.query"])
+            # Everything a query's process imports, once: the empty views' schemas pull in pyarrow.
+            ctx.set_forkserver_preload(["duckdb", "pyarrow", "schemas", "trainer.metrics", "service.query"])
             _ctx = ctx
         return _ctx
 
