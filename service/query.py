@@ -35,9 +35,9 @@ KILL_GRACE_S = 1.0  # past the soft limit (DuckDB's interrupt), the process is k
 # Functions that read the server's state rather than the dataset: files, settings, the catalog
 # (whose view definitions name the files), secrets, environment, or run SQL of their own.
 DENIED_FUNCTIONS = {"current_setting", "getenv", "getvariable", "query", "query_table", "which_secret",
-                    "glob", "checkpoint", "force_checkpoint"}
+                    "glob", "checkpoint", "force_checkpoint", "json_execute_serialized_sql"}
 DENIED_PREFIXES = ("duckdb_", "pragma_", "read_", "parquet_", "sniff_", "iceberg_", "delta_", "pg_",
-                   "information_schema")
+                   "information_schema", "sqlite_")
 _IDENTIFIER = re.compile(r"[A-Za-z_][\w$]*")
 _TREE_NAME = re.compile(r'"(?:function_name|table_name|schema_name)":"([^"]+)"')
 _PIVOT = re.compile(r"\b(UN)?PIVOT\b", re.IGNORECASE)

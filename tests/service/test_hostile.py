@@ -163,6 +163,8 @@ SQL_CASES = [
     ("select * from duckdb_settings()", 400, "calls duckdb_settings()"),
     ("select sql from duckdb_views", 400, "calls duckdb_views()"),
     ("select getenv('HOME')", 400, "calls getenv()"),
+    ("select * from json_execute_serialized_sql('{}')", 400, "calls json_execute_serialized_sql()"),
+    ("select sql from sqlite_master", 400, "calls sqlite_master()"),
     ("select * from pg_catalog.pg_settings", 400, "calls pg_"),
     ("select * from information_schema.tables", 400, "calls information_schema()"),
     ("select * from parquet_metadata('x')", 400, "calls parquet_metadata()"),
