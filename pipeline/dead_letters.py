@@ -11,7 +11,8 @@ from schemas.rejected import truncate_raw
 
 def dead_letter(fact: dict, stage: str, error: str) -> dict:
     """A fact that failed after reading, as a dead letter (internal fields left out of ``raw``)."""
-    shown = {k: v for k, v in fact.items() if not k.startswith("emb_") and k != "order"}
+    # source and position are columns of their own; the raw record need not repeat the input's path.
+    shown = {k: v for k, v in fact.items() if not k.startswith("emb_") and k not in ("order", "source", "position")}
     return {"source": fact["source"], "position": int(fact["position"]), "stage": stage,
             "raw": truncate_raw(json.dumps(shown, default=str)), "error": error}
 

@@ -13,14 +13,20 @@ import apache_beam as beam
 from pipeline.dead_letters import dead_letter
 
 
+COPY_MARK = "~copy"
+
+
 def copy_id(fact_id: str, k: int) -> str:
     """The id of the ``k``-th later copy (k >= 1) of the fact ``fact_id``."""
-    return f"{fact_id}~copy{k}"
+    return f"{fact_id}{COPY_MARK}{k}"
 
 
 def id_fixes_of(fact_id: str, records) -> list[tuple[str, tuple[str, str]]]:
     """(key, ("reject", error) | ("rename", new id)) for each later record (by input order) sharing ``fact_id``."""
     records = sorted(records)
+    if COPY_MARK in fact_id:  # reserved: a given id like "k1~copy1" could collide with a copy's
+        return [(key, ("reject", f"fact_id {fact_id!r} holds {COPY_MARK!r}, which Beacon reserves for the "
+                                 "ids of copies; give the fact another id")) for _, key, _, _ in records]
     _, first_key, prompt, target = records[0]
     fixes, copies = [], 0
     for _, key, p, t in records[1:]:

@@ -142,7 +142,7 @@ def scored_files(layout: Layout, dataset: dict[str, Any], run_dir: Path | None) 
 
     evals = []
     if run_dir is not None and (run_dir / "eval.parquet").is_file():
-        evals = [run_dir / "eval.parquet"]
+        evals = [p for p in [run_dir / "eval.parquet"] if p.resolve().is_relative_to(layout.root)]
     return ScoredFiles(scored=parquet(folder / "scored"), rejected=parquet(folder / "rejected"), eval=evals)
 
 

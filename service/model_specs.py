@@ -7,6 +7,7 @@ them (``BEACON_ALLOW_HUB_MODELS``). The command line is not confined: a user may
 
 from __future__ import annotations
 
+import os
 import re
 
 from scoring.models import BUNDLED_ENCODERS, BUNDLED_LMS, BUNDLED_PREFIX
@@ -36,7 +37,8 @@ def check_job_model(spec: str, *, kind: str, layout: Layout, allow_hub: bool) ->
         if not folder.is_dir():
             raise ModelNotAllowed(f"{spec!r} is not a folder under the data root's models/ folder")
         return
-    if allow_hub and _HUB_ID.match(spec) and ".." not in spec:
+    # A hub id that names a folder where the worker runs would be loaded from disk, not the hub.
+    if allow_hub and _HUB_ID.match(spec) and ".." not in spec and not os.path.exists(spec):
         return
     hub = ("a Hugging Face hub id (org/name)" if allow_hub
            else "(hub ids only where the operator sets BEACON_ALLOW_HUB_MODELS)")

@@ -40,6 +40,9 @@ DENIED_PREFIXES = ("duckdb_", "pragma_", "read_", "parquet_", "sniff_", "iceberg
                    "information_schema", "sqlite_")
 _IDENTIFIER = re.compile(r"[A-Za-z_][\w$]*")
 _TREE_NAME = re.compile(r'"(?:function_name|table_name|schema_name)":"([^"]+)"')
+_TABLE_NAME = re.compile(r'"table_name":"([^"]*)"')
+_SCHEMA_NAME = re.compile(r'"schema_name":"([^"]*)"')
+_OUR_SCHEMAS = {"", "main", "memory", "temp"}
 _PIVOT = re.compile(r"\b(UN)?PIVOT\b", re.IGNORECASE)
 
 
@@ -105,8 +108,15 @@ def check_sql(sql: str) -> str:
 
 def _check_functions(query: str, *, serialisable: bool) -> None:
     names: set[str] = set()
+    files: list[str] = []
     if serialisable:  # DuckDB's own parse tree names every function, table function and table read
-        names |= set(_TREE_NAME.findall(_parse_tree(query)))
+        tree = _parse_tree(query)
+        names |= set(_TREE_NAME.findall(tree))
+        files = [t for t in _TABLE_NAME.findall(tree) if not _IDENTIFIER.fullmatch(t)]
+        # FROM a.parquet parses as table 'parquet' of schema 'a', which DuckDB then scans as a file.
+        files += [f"{schema}.…" for schema in _SCHEMA_NAME.findall(tree) if schema not in _OUR_SCHEMAS]
+    elif re.search(r"['\"][^'\"]*(/|\\|\.parquet|\.csv|\.json)[^'\"]*['\"]", query, re.IGNORECASE):
+        raise QueryError("a PIVOT may not name a file; pivot one of the views scored, rejected and eval")
     # And every word of the text, for what the tree cannot show (a PIVOT, a quoted name): a column or
     # a string that happens to be called read_csv is refused too, which costs nothing.
     names |= set(_IDENTIFIER.findall(query))
@@ -115,6 +125,21 @@ def _check_functions(query: str, *, serialisable: bool) -> None:
     if denied:
         raise QueryError(f"the query calls {denied[0]}(), which reads the server's files, settings or "
                          "catalog; query the views scored, rejected and eval")
+    if files:  # FROM 'x.parquet': a replacement scan reads a file raw, past the views
+        raise QueryError(f"the query reads {files[0]!r} directly; query the views scored, rejected and eval")
+
+
+def remove_stale_spill(root: Path, older_than_s: float) -> int:
+    """Spill folders of queries whose API process died before it could remove them; returns how many."""
+    removed, now = 0, time.time()
+    for folder in (Path(root) / "tmp").glob("query-*"):
+        try:
+            if now - folder.stat().st_mtime > older_than_s:
+                shutil.rmtree(folder)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 _parse_lock = threading.Lock()
@@ -146,31 +171,42 @@ def run_query(sql: str, files: ScoredFiles, *, root: Path, limits: QueryLimits) 
     statement = check_sql(sql)
     root = Path(root).resolve()
     spill = Path("tmp") / f"query-{uuid.uuid4().hex[:12]}"  # relative to the root: no server path shows
-    relative = {name: [str(p.resolve().relative_to(root)) for p in paths]
-                for name, paths in (("scored", files.scored), ("rejected", files.rejected), ("eval", files.eval))}
-    (root / spill).parent.mkdir(exist_ok=True)
-    ctx = _context()
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, statement, relative, str(root), str(spill), limits),
-                       daemon=True)
-    started = time.perf_counter()
-    proc.start()
-    send.close()
     try:
+        relative = {name: [str(p.resolve().relative_to(root)) for p in paths] for name, paths in
+                    (("scored", files.scored), ("rejected", files.rejected), ("eval", files.eval))}
+    except ValueError:
+        raise QueryError("the dataset's files are not under the data root; ask the operator") from None
+    proc = receive = None
+    started = time.perf_counter()
+    try:
+        (root / spill).parent.mkdir(exist_ok=True)
+        ctx = _context()
+        receive, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(send, statement, relative, str(root), str(spill), limits),
+                           daemon=True)
+        proc.start()
+        send.close()
         if not receive.poll(limits.timeout_s + KILL_GRACE_S):
             raise QueryTimeout(_timeout_message(limits))
         try:
             answer = json.loads(receive.recv_bytes(maxlength=limits.max_bytes + 65_536))
-        except OSError:  # the message was longer than the limit
-            raise QueryTooLarge(_too_large_message(limits)) from None
         except EOFError:
             raise QueryError("the query process ended without an answer (out of memory? lower the work "
                              "of the query)") from None
+        except OSError:  # longer than the limit, or cut off by the process dying while it sent
+            proc.join(1.0)
+            if proc.exitcode not in (None, 0):
+                raise QueryError("the query process died while answering (out of memory?)") from None
+            raise QueryTooLarge(_too_large_message(limits)) from None
+    except OSError as e:  # no process or pipe could be had: the host is short of something, not the query
+        raise QueryError(f"the query could not be started ({e.strerror or e}); retry in a moment") from None
     finally:
-        receive.close()
-        if proc.is_alive():
-            proc.kill()  # a runaway query: nothing short of this frees its core and memory
-        proc.join(5.0)
+        if receive is not None:
+            receive.close()
+        if proc is not None:
+            if proc.is_alive():
+                proc.kill()  # a runaway query: nothing short of this frees its core and memory
+            proc.join(5.0)
         shutil.rmtree(root / spill, ignore_errors=True)
     if not answer["ok"]:
         raise {"timeout": QueryTimeout, "too_large": QueryTooLarge}.get(answer["kind"], QueryError)(answer["message"])
@@ -214,6 +250,10 @@ def _child(send: Any, statement: str, files: dict[str, list[str]], root: str, sp
         os.nice(10)  # the API's own requests come first on a busy machine
     except OSError:
         pass
+    # The parent kills at the deadline; if the parent itself died, nobody would: end by our own hand.
+    suicide = threading.Timer(limits.timeout_s + 2 * KILL_GRACE_S, os._exit, (1,))
+    suicide.daemon = True
+    suicide.start()
     try:
         os.chdir(root)
         message = _answer(statement, files, spill, limits)
@@ -238,7 +278,7 @@ def _answer(statement: str, files: dict[str, list[str]], spill: str, limits: Que
             cursor = con.execute(statement)
             columns = [d[0] for d in cursor.description or []]
             types = [str(d[1]) for d in cursor.description or []]
-            rows, size, truncated, batch_rows = [], 0, False, 8
+            rows, size, truncated, batch_rows = [], 0, False, 1
             while not truncated:
                 # Small batches first: a few huge rows must not all be fetched before the byte cap acts.
                 batch = cursor.fetchmany(min(batch_rows, limits.row_limit + 1 - len(rows)))

@@ -59,8 +59,8 @@ def _row(cursor: sqlite3.Cursor, values: tuple) -> dict[str, Any]:
     row = {}
     for (name, *_), value in zip(cursor.description, values, strict=True):
         if name in _JSON_COLUMNS and value is not None:
-            try:
-                value = json.loads(value)
+            try:  # NaN / Infinity (which Python's json would take) read as null: no answer can hold them
+                value = json.loads(value, parse_constant=lambda _: None)
             except ValueError:  # written by hand or an older Beacon: readable, and flagged
                 value = {"unreadable": UNREADABLE}
         row[name] = value

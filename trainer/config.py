@@ -14,7 +14,8 @@ Reduction = Literal["sample", "token"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 # Keys that change nothing the run learns: they may differ when a run is resumed.
-NOT_COMPARED_ON_RESUME = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress", "trace"})
+# (``trace`` is compared: a trace switched on mid-run would start mid-run and its history read wrong.)
+NOT_COMPARED_ON_RESUME = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress"})
 
 
 LENGTH_KEYS = ("epochs", "max_steps")

@@ -19,7 +19,8 @@ SUMMARY = "train_summary.json"
 
 
 def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest checkpoint whose save finished (its trainer_state.json, written last, parses)."""
+    """The newest checkpoint whose save finished: its trainer_state.json parses and Beacon's marker,
+    written after the trace, is there (a kill between the two resumes from the checkpoint before)."""
     found = _complete_checkpoints(checkpoints)
     return max(found, key=lambda x: x[0])[1] if found else None
 
@@ -33,7 +34,7 @@ def _complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path, dict]]:
         if not m or not path.is_dir():
             continue
         state = read_json(path / "trainer_state.json")
-        if state is not None:  # None: killed while saving, skip it
+        if state is not None and (path / CHECKPOINT_MARKER).is_file():  # else: killed while saving
             found.append((int(m.group(1)), path, state))
     return found
 

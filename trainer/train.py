@@ -122,9 +122,9 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             path = checkpoints / f"checkpoint-{state.global_step}"
             if path.is_dir() and main:
-                write_json(path / CHECKPOINT_MARKER, {**record, "global_step": state.global_step})
-                if trace is not None:
+                if trace is not None:  # first: a resume from this checkpoint must find its visits
                     trace.write(run_dir)
+                write_json(path / CHECKPOINT_MARKER, {**record, "global_step": state.global_step})
 
     setup = build_trainer(config, rows, checkpoints, callbacks=[StampCheckpoint()], trace=trace)
     model, tokenizer, trainer = setup.model, setup.tokenizer, setup.trainer

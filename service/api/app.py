@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from scoring.models import beacon_version
 from service.api.routes import datasets, health, jobs
 from service.api.upload import remove_stale_uploads
+from service.query import remove_stale_spill
 from service.datasets import Layout
 from service.settings import Settings, get_settings
 from service.store import Store
@@ -49,8 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.layout = Layout.at(settings.data_dir)
     removed = remove_stale_uploads(app.state.layout.uploads, settings.stale_upload_seconds)
-    if removed:
-        log.info("removed %d upload temp file(s) left by an interrupted upload", removed)
+    removed_spill = remove_stale_spill(app.state.layout.root, settings.stale_upload_seconds)
+    if removed or removed_spill:
+        log.info("removed %d upload temp file(s) and %d query spill folder(s) left by a killed server",
+                 removed, removed_spill)
     app.state.query_slots = threading.BoundedSemaphore(settings.query_concurrency)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(RecursionError, too_deep)

@@ -90,7 +90,10 @@ class Event(BaseModel):
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> "Event":
-        return cls(id=row["id"], at=_time(row["at"]), kind=row["kind"], message=row["message"], data=row["data"])
+        data = row["data"]
+        if data is not None and not isinstance(data, dict):  # a row written by hand or an older Beacon
+            data = {"value": data}
+        return cls(id=row["id"], at=_time(row["at"]), kind=row["kind"], message=row["message"], data=data)
 
 
 # --- datasets --------------------------------------------------------------------------------------

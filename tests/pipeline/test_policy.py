@@ -85,3 +85,10 @@ def test_a_reused_fact_id_with_other_content_is_a_clash_and_an_identical_copy_ge
     assert fixes["k5"] == ("rename", "m01~copy1") and fixes["k7"] == ("rename", "m01~copy2")
     assert "k0" not in fixes  # the first keeps its id
     assert id_fixes_of("m02", [(0, "k0", "p", "t")]) == []
+
+
+def test_a_given_id_holding_the_copy_mark_is_rejected_so_copies_never_collide():
+    from pipeline.fact_ids import id_fixes_of
+
+    fixes = dict(id_fixes_of("k1~copy1", [(0, "k0", "p", "t")]))
+    assert fixes["k0"][0] == "reject" and "reserves" in fixes["k0"][1]

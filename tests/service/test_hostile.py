@@ -142,6 +142,14 @@ def test_a_row_that_cannot_be_rendered_is_reported_and_the_rest_is_served(servic
     assert listed[bad]["params"] == {"unreadable": "stored value is not valid JSON"}
     assert "not valid JSON" in listed[bad]["error"] and listed[bad]["metrics"] is None
     assert client.get(f"/jobs/{bad}").status_code == 200
+    with sqlite3.connect(service.data_dir / "beacon.db") as con:
+        con.execute("UPDATE events SET data = ? WHERE job_id = ? AND id = (SELECT min(id) FROM events "
+                    "WHERE job_id = ?)", ("NaN", bad, bad))
+        con.execute("INSERT INTO events (job_id, at, kind, message, data) VALUES (?, 0, 'x', 'by hand', '[1, 2]')",
+                    (bad,))
+    r = client.get(f"/jobs/{bad}/events")
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][-1]["data"] == {"value": [1, 2]}
     jobs_still_answer(client)
 
 
@@ -165,6 +173,11 @@ SQL_CASES = [
     ("select getenv('HOME')", 400, "calls getenv()"),
     ("select * from json_execute_serialized_sql('{}')", 400, "calls json_execute_serialized_sql()"),
     ("select sql from sqlite_master", 400, "calls sqlite_master()"),
+    ("select source from 'datasets/dst_5eed000000000001/scored/part-0.parquet'", 400, "directly"),
+    ('select source from "datasets/dst_5eed000000000001/scored/part-0.parquet"', 400, "directly"),
+    ("select * from part-0.parquet", 400, "parse|directly"),
+    ("SUMMARIZE 'datasets/dst_5eed000000000001/scored/part-0.parquet'", 400, "directly"),
+    ("PIVOT 'datasets/dst_5eed000000000001/scored/part-0.parquet' ON reason USING count(*)", 400, "name a file"),
     ("select * from pg_catalog.pg_settings", 400, "calls pg_"),
     ("select * from information_schema.tables", 400, "calls information_schema()"),
     ("select * from parquet_metadata('x')", 400, "calls parquet_metadata()"),

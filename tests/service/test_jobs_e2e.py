@@ -71,7 +71,7 @@ def alive(pid: int) -> bool:
 
 def test_a_worker_killed_mid_job_does_not_lose_the_job(service: Service, client: httpx.Client, job_id: str):
     run = service.data_dir / "jobs" / job_id / "run"
-    wait_for(lambda: (run / "checkpoints" / "checkpoint-1" / "trainer_state.json").is_file(), timeout=300,
+    wait_for(lambda: (run / "checkpoints" / "checkpoint-1" / "beacon_run.json").is_file(), timeout=300,
              interval=0.2, what="the first checkpoint")
     pid = stage_pid(client, job_id, "training")
     worker_pid = int(client.get(f"/jobs/{job_id}").json()["worker_id"].split(":")[1])

@@ -32,7 +32,7 @@ def test_killed_run_resumes_to_the_same_step_and_weights(tiny_dataset: Path, tmp
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(beacon_train(tiny_dataset, run), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = run / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    first = run / "checkpoints" / "checkpoint-2" / "beacon_run.json"  # written last: complete
     deadline = time.monotonic() + 240
     while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -113,7 +113,8 @@ def query_dataset(dataset: ScoredDatasetDep, body: QueryRequest, store: StoreDep
                       pattern=r"^job_[0-9a-f]{16}$", description="Whose evaluation `eval` shows "
                                                              "(default: the latest succeeded job)")] = None
                   ) -> QueryAnswer:
-    """One SELECT over views ``scored``, ``rejected`` and ``eval``; nothing else is reachable."""
+    """One SELECT over views ``scored``, ``rejected`` and ``eval`` (and the dataset's own Parquet files);
+    functions that read the server's files, settings or catalog are refused."""
     files = _files(store, layout, dataset, job_id)
     if not slots.acquire(blocking=False):
         raise HTTPException(status_code=429, detail=f"{settings.query_concurrency} queries are running; retry "
