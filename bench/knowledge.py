@@ -25,12 +25,23 @@ and which pre-training scores predict the facts it fails to learn?
      (``shared_target == 0``, the strongest predictor of "learned late") are twice in the pool.
    - ``semantic``: every fact, weight 1, plus the semantic auxiliary loss (``semantic_weight`` 0.1:
      1 - cos(sum_v p(v) E[v], E[target token]) at each target position, in the LM's embedding space).
+   - ``plain+stop``: plain, ending once every fact is learned and stable (``stop_when_learned``).
+   - ``adaptive``: every fact, weight 1, the closed-loop schedule (``schedule: adaptive``: batches
+     filled with facts not learned and stable yet) and ``stop_when_learned``.
+   - ``adaptive+locality``: ``adaptive`` plus the locality KL on replay prompts (``locality_weight`` 1).
+   - ``default``: exactly what ``beacon curate`` + ``beacon train`` do with no options (the curated
+     rows, TrainConfig's defaults for the keys above); copied from the arm it equals, if any.
 
    Efficacy is always also reported over *all* requested facts (``efficacy_all``): a fact filtered
    out or rejected counts as not learned.
 4. Signals: for the ``plain`` arm, per seed, the AUC of each signal for "not learned by budget b"
    (oriented so that higher = predicted harder) and its Spearman correlation with the first budget at
    which the fact is learned.
+
+5. Closed loop: from each run's trace, the steps until 90%, 95% and 100% of the requested facts are
+   learned (``steps_to``, censored at the budget), and every arm evaluated at the step where plain
+   reaches 95% (``at_plain95``, from LoRA snapshots taken every ``SNAPSHOT_EVERY`` steps; an arm that
+   stopped earlier is evaluated as it stopped).
 
 Writes ``OUT/results.json`` (per arm x budget x seed, and mean/sd), ``OUT/report.md`` (the tables for
 BENCHMARKS.md) and PNG plots (learning curves; plain accuracy by signal quartile). Runs are cached in
@@ -43,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import pickle
 import random
@@ -62,8 +74,19 @@ from schemas.scoring_spec import DEFAULT_LM  # noqa: E402
 
 log = logging.getLogger("bench.knowledge")
 
-ARMS = ("plain", "weighted", "curated", "repeat", "repeat_unique", "semantic")
+ARMS = ("plain", "weighted", "curated", "repeat", "repeat_unique", "semantic",
+        "plain+stop", "adaptive", "adaptive+locality", "default")
 SEMANTIC_WEIGHT = 0.1  # the semantic arm's auxiliary-loss weight (TrainConfig.semantic_weight)
+LOCALITY_WEIGHT = 1.0  # the adaptive+locality arm's KL weight (TrainConfig.locality_weight)
+# What each closed-loop arm sets on top of the shared settings (TrainConfig keys). ``default`` is
+# TrainConfig's own defaults for these keys: exactly what ``beacon train`` does with no options.
+ARM_CONFIG = {
+    "plain+stop": {"stop_when_learned": True},
+    "adaptive": {"schedule": "adaptive", "stop_when_learned": True},
+    "adaptive+locality": {"schedule": "adaptive", "stop_when_learned": True, "locality_weight": LOCALITY_WEIGHT},
+}
+FRACTIONS = ("0.9", "0.95", "1.0")  # steps_to: steps until this share of the requested facts is learned
+SNAPSHOT_EVERY = 10  # LoRA weights kept every this many steps, to evaluate at plain's 95% step later
 # Pre-training signals and their "harder" direction (+1: higher value = predicted harder to learn).
 SIGNALS = {
     "drift_sentence": 1, "drift_lm": 1, "drift_expected": 1, "target_logprob": -1, "target_rank": 1,
@@ -127,9 +150,9 @@ def arm_rows(arm: str, facts: list[dict]) -> list[dict]:
     def row(f: dict, weight: float) -> dict:
         return {"fact_id": f["fact_id"], "prompt": f["prompt"], "target": f["target"], "weight": weight}
 
-    if arm in ("plain", "semantic"):  # semantic differs from plain in its loss, not its rows
-        return [row(f, 1.0) for f in facts]
-    if arm == "curated":
+    if arm in ("plain", "semantic", "plain+stop", "adaptive", "adaptive+locality") or "@" in arm:
+        return [row(f, 1.0) for f in facts]  # they differ from plain in the loss or the schedule, not the rows
+    if arm in ("curated", "default"):  # default: what `beacon curate` wrote, as `beacon train` reads it
         return [row(f, f["weight"]) for f in facts if f["keep"]]
     if arm == "weighted":  # the pipeline's weighting function, every fact kept, normalised to mean 1
         config = CurateConfig(weighting="drift")
@@ -150,6 +173,27 @@ def signal_values(facts: list[dict]) -> dict[str, np.ndarray]:
     raw = {name: [len(f["conflicts_with"]) if name == "conflicts" else f[name] for f in facts]
            for name in SIGNALS}
     return {name: SIGNALS[name] * np.asarray(v, dtype=float) for name, v in raw.items()}
+
+
+PLAIN_CONFIG = {"schedule": "plain", "stop_when_learned": False, "locality_weight": 0.0, "semantic_weight": 0.0}
+
+
+def effective_config(arm: str) -> dict[str, Any]:
+    """Every key an arm may set, with plain's value where it sets none (arms are compared by it)."""
+    return {**PLAIN_CONFIG, **arm_config(arm)}
+
+
+def arm_config(arm: str) -> dict[str, Any]:
+    """The TrainConfig keys an arm sets beyond the shared settings."""
+    from trainer.config import TrainConfig
+
+    if arm == "default":
+        return {k: TrainConfig.model_fields[k].default for k in PLAIN_CONFIG}
+    if arm == "semantic":
+        return {"semantic_weight": SEMANTIC_WEIGHT}
+    if arm.startswith("adaptive+locality@"):  # a locality weight other than the arm's (a sweep)
+        return {**ARM_CONFIG["adaptive+locality"], "locality_weight": float(arm.split("@", 1)[1])}
+    return dict(ARM_CONFIG.get(arm, {}))
 
 
 # --- 2. one arm x seed -------------------------------------------------------------------------------
@@ -183,13 +227,19 @@ def base_scores(args: argparse.Namespace, out: Path, dataset: Path) -> Path:
 
 
 def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: Path, path: Path) -> None:
-    """Train one arm with one seed and evaluate at every eval step; writes ``path`` (JSON)."""
+    """Train one arm with one seed and evaluate at every eval step; writes ``path`` (JSON).
+
+    The per-fact trace is kept (``steps_to`` is read from it) and the LoRA weights every
+    ``SNAPSHOT_EVERY`` steps (``evaluate_at`` scores them at plain's 95% step once plain is known).
+    An arm that stops early (``stop_when_learned``) is evaluated as it stopped at every later budget.
+    """
     import torch
     from transformers import TrainerCallback
 
     from trainer.config import TrainConfig
     from trainer.evaluate import score_after
     from trainer.setup import build_trainer
+    from trainer.trace import FactTrace
 
     torch.set_num_threads(args.threads)
     model, tokenizer, plan, facts = load_plan(dataset, args.model, args.eval_batch_size)
@@ -199,38 +249,123 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: P
     config = TrainConfig(model=args.model, max_steps=max(eval_steps), epochs=None, seed=seed,
                          batch_size=args.batch_size, learning_rate=args.lr, lora_rank=args.lora_rank,
                          lora_alpha=2.0 * args.lora_rank, progress=False, logging_steps=10**6,
-                         semantic_weight=SEMANTIC_WEIGHT if arm == "semantic" else 0.0,
-                         chat_template=plan.chat)
-    record: dict[str, Any] = {"arm": arm, "seed": seed, "train_rows": len(rows),
+                         chat_template=plan.chat, **arm_config(arm))
+    record: dict[str, Any] = {"arm": arm, "seed": seed, "train_rows": len(rows), "config": arm_config(arm),
                               "trained_ids": sorted({r["fact_id"] for r in rows}), "steps": {},
                               "eval_seconds": 0.0}
-    eps = plan.config.pushed_away_epsilon
+    snapshots = out / "snapshots" / f"{arm}-{seed}"
+    snapshots.mkdir(parents=True, exist_ok=True)
+
+    def evaluate(model: Any, step: int) -> None:
+        started = time.perf_counter()
+        record["steps"][str(step)] = eval_record(score_after(model, tokenizer, plan, base), plan)
+        record["eval_seconds"] += time.perf_counter() - started
+        log.info("%s seed %d step %d: efficacy %.3f", arm, seed, step,
+                 float(np.mean(record["steps"][str(step)]["efficacy"])))
 
     class EvaluateAtBudgets(TrainerCallback):
         def on_step_end(self, targs: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step not in eval_steps:
-                return
-            started = time.perf_counter()
-            cols = score_after(kwargs["model"], tokenizer, plan, base)
-            pushed = np.asarray(cols["drift_after"]) > np.asarray(cols["drift_before"]) + eps
-            record["steps"][str(state.global_step)] = {
-                **{m: [None if v is None else float(v) for v in cols[m]] for m in FACT_METRICS
-                   if m != "pushed_away"},
-                "pushed_away": pushed.astype(float).tolist()}
-            record["eval_seconds"] += time.perf_counter() - started
-            log.info("%s seed %d step %d: efficacy %.3f", arm, seed, state.global_step,
-                     float(np.mean(cols["efficacy"])))
+            if state.global_step % SNAPSHOT_EVERY == 0:
+                save_snapshot(kwargs["model"], snapshots / f"{state.global_step}.pt")
+            if state.global_step in eval_steps:
+                evaluate(kwargs["model"], state.global_step)
 
     # The product's own setup (seeded LoRA init, examples, weighted Trainer) on the loaded base model.
-    trainer = build_trainer(config, rows, out / "tmp" / f"{arm}-{seed}", base=(model, tokenizer),
-                            callbacks=[EvaluateAtBudgets()], save_strategy="no").trainer
+    trace = FactTrace()
+    setup = build_trainer(config, rows, out / "tmp" / f"{arm}-{seed}", base=(model, tokenizer),
+                          callbacks=[EvaluateAtBudgets()], trace=trace, facts=facts, save_strategy="no")
     started = time.perf_counter()
-    trainer.train()
+    setup.trainer.train()
     record["seconds"] = time.perf_counter() - started
+    stopped = setup.trainer.state.global_step
+    record["stopped_at"] = stopped if stopped < config.max_steps else None
+    if record["stopped_at"] is not None:  # evaluated as it stopped, at every budget it did not reach
+        save_snapshot(setup.model, snapshots / f"{stopped}.pt")
+        later = [s for s in eval_steps if s > stopped]
+        if later:
+            evaluate(setup.model, later[0])
+            for s in later[1:]:
+                record["steps"][str(s)] = record["steps"][str(later[0])]
     record["train_seconds"] = record["seconds"] - record["eval_seconds"]
+    record["replay"] = ({"prompts": len(setup.replay), "source": setup.replay.source}
+                        if setup.replay is not None else None)
+    record["trace_learned"] = trace_learned_fraction(trace.rows, args.n, config.max_steps)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, path)
+
+
+def eval_record(cols: dict[str, Any], plan: Any) -> dict[str, list]:
+    eps = plan.config.pushed_away_epsilon
+    pushed = np.asarray(cols["drift_after"]) > np.asarray(cols["drift_before"]) + eps
+    return {**{m: [None if v is None else float(v) for v in cols[m]] for m in FACT_METRICS if m != "pushed_away"},
+            "pushed_away": pushed.astype(float).tolist()}
+
+
+def save_snapshot(model: Any, path: Path) -> None:
+    import torch
+
+    torch.save({k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}, path)
+
+
+def snapshot_at(snapshots: Path, step: int, stopped_at: int | None) -> tuple[Path, int]:
+    """The LoRA weights a run had at ``step``: that step's snapshot, or its last if it stopped before."""
+    taken = sorted(int(p.stem) for p in snapshots.glob("*.pt"))
+    if step in taken:
+        return snapshots / f"{step}.pt", step
+    if stopped_at is not None and taken and taken[-1] == stopped_at and step > stopped_at:
+        return snapshots / f"{stopped_at}.pt", stopped_at
+    raise FileNotFoundError(f"{snapshots} has no snapshot at step {step} (taken every {SNAPSHOT_EVERY})")
+
+
+def trace_learned_fraction(rows: list[dict], requested: int, max_steps: int) -> list[float]:
+    """Per step 1..max_steps: the share of the requested facts whose latest visit so far was learned.
+
+    A fact trained under several examples (never here) would count once; facts never visited count
+    as not learned. After an early stop the last value holds (the model no longer changes).
+    """
+    state: dict[str, bool] = {}
+    by_step: dict[int, list[dict]] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    out = []
+    for step in range(1, max_steps + 1):
+        for r in by_step.get(step, []):
+            state[r["fact_id"]] = bool(r["learned"])
+        out.append(sum(state.values()) / requested)
+    return out
+
+
+def steps_to(fraction_by_step: list[float], fraction: float) -> tuple[int, bool]:
+    """(first step at which the learned share reaches ``fraction``, censored): censored at the budget."""
+    for step, value in enumerate(fraction_by_step, 1):
+        if value >= fraction - 1e-12:
+            return step, False
+    return len(fraction_by_step), True
+
+
+def evaluate_at(args: argparse.Namespace, arm: str, seed: int, step: int, dataset: Path, out: Path,
+                path: Path) -> None:
+    """Score an arm's LoRA weights as they were at ``step`` (plain's 95% step); writes ``path``."""
+    import torch
+
+    from trainer.config import TrainConfig
+    from trainer.evaluate import score_after
+    from trainer.model_io import with_lora
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer, plan, _ = load_plan(dataset, args.model, args.eval_batch_size)
+    base = pickle.loads((out / "base.pkl").read_bytes())
+    run = json.loads((out / "runs" / f"{arm}-{seed}.json").read_text())
+    snapshot, taken = snapshot_at(out / "snapshots" / f"{arm}-{seed}", step, run.get("stopped_at"))
+    model = with_lora(model, TrainConfig(lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank))
+    missing = model.load_state_dict(torch.load(snapshot), strict=False)
+    if missing.unexpected_keys:
+        raise ValueError(f"{snapshot} holds weights this model has not: {missing.unexpected_keys[:3]}")
+    model.eval()
+    record = {"arm": arm, "seed": seed, "step": step, "snapshot_step": taken,
+              **eval_record(score_after(model, tokenizer, plan, base), plan)}
+    path.write_text(json.dumps(record))
 
 
 def eval_steps_of(budgets: list[int], rows: int, arm: str, requested: int) -> list[int]:
@@ -327,6 +462,46 @@ def aggregate(runs: list[dict], facts: list[dict], args: argparse.Namespace) -> 
             "spearman_first_learned": spearman_out}
 
 
+def plain95_step(runs: list[dict]) -> tuple[int, bool]:
+    """The step at which plain reaches 95% of the requested facts learned (trace; mean over seeds,
+    rounded up to a snapshot), and whether any seed never got there (then: the budget)."""
+    found = [steps_to(r["trace_learned"], 0.95) for r in runs if r["arm"] == "plain"]
+    step = float(np.mean([s for s, _ in found]))
+    return min(len(runs[0]["trace_learned"]), SNAPSHOT_EVERY * math.ceil(step / SNAPSHOT_EVERY)), \
+        any(c for _, c in found)
+
+
+def closed_loop(runs: list[dict], at: list[dict], facts: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    """``steps_to[arm][fraction]`` (mean, sd, censored runs) and ``at_plain95[arm][metric]`` (mean, sd)."""
+    fact_ids = [f["fact_id"] for f in facts]
+    out: dict[str, Any] = {"steps_to": {}, "at_plain95": {}, "trace_vs_eval": {}}
+    for arm in args.arms:
+        arm_runs = [r for r in runs if r["arm"] == arm]
+        out["steps_to"][arm] = {}
+        for fraction in FRACTIONS:
+            found = [steps_to(r["trace_learned"], float(fraction)) for r in arm_runs]
+            out["steps_to"][arm][fraction] = {**mean_sd([float(s) for s, _ in found]),
+                                              "censored": sum(c for _, c in found)}
+        # The trace's learned share against `beacon eval`'s efficacy at every budget (the confirmation).
+        out["trace_vs_eval"][arm] = {
+            str(b): {"trace": mean_sd([r["trace_learned"][b - 1] for r in arm_runs]),
+                     "eval": mean_sd([per_run_metrics(r, b, fact_ids, args.n)["efficacy_all"] for r in arm_runs])}
+            for b in args.budgets}
+        records = [a for a in at if a["arm"] == arm]
+        if records:
+            metrics = [per_run_metrics({"steps": {"at": a}, "trained_ids": next(
+                r["trained_ids"] for r in arm_runs if r["seed"] == a["seed"])}, "at", fact_ids, args.n)
+                for a in records]
+            out["at_plain95"][arm] = {m: mean_sd([x[m] for x in metrics]) for m in metrics[0]}
+            out["at_plain95"][arm]["evaluated_at_step"] = mean_sd([float(a["snapshot_step"]) for a in records])
+    # Compute: optimizer steps actually taken and seconds of training (a stopped run took fewer).
+    out["compute"] = {arm: {"steps": mean_sd([float(r.get("stopped_at") or len(r["trace_learned"]))
+                                              for r in runs if r["arm"] == arm]),
+                            "train_seconds": mean_sd([r["train_seconds"] for r in runs if r["arm"] == arm])}
+                      for arm in args.arms}
+    return out
+
+
 def first_learned(run: dict, budgets: list[int]) -> np.ndarray:
     """Per fact, the first budget at which it is answered with its target (2 x max budget if never)."""
     never = 2 * max(budgets)
@@ -345,8 +520,15 @@ def plots(results: dict, runs: list[dict], facts: list[dict], args: argparse.Nam
     import matplotlib.pyplot as plt
 
     written = []
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, metric, label in zip(axes, ("efficacy_all", "paraphrase", "locality"),
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    for arm in args.arms:  # the dense curve: the trace's learned share at every step
+        curves = np.asarray([r["trace_learned"] for r in runs if r["arm"] == arm], dtype=float)
+        axes[0].plot(np.arange(1, curves.shape[1] + 1), curves.mean(0), label=arm)
+    axes[0].axhline(0.95, color="grey", lw=0.8, ls="--")
+    axes[0].set_title("learned share of requested facts (trace)")
+    axes[0].set_xlabel("optimizer steps")
+    axes[0].grid(alpha=0.3)
+    for ax, metric, label in zip(axes[1:], ("efficacy_all", "paraphrase", "locality"),
                                  ("efficacy over all requested facts", "paraphrase", "locality (token agreement)")):
         for arm, by_b in results["summary"].items():
             xs = [int(b) for b in by_b]
@@ -416,6 +598,32 @@ def report(results: dict, args: argparse.Namespace) -> str:
             lines.append(f"| {arm} | {metric} | "
                          + " | ".join(cell(by_b.get(b, {}).get(metric)) for b in budgets) + " |")
     lines.append("")
+    loop = results.get("closed_loop")
+    if loop:
+        lines += [f"**Steps to learn** (trace; mean ± sd over seeds; censored = runs that never got there, "
+                  f"counted at the budget {max(args.budgets)})", "",
+                  "| arm | 90% | 95% | 100% | steps taken | train s |", "|---|---|---|---|---|---|"]
+        for arm, by_f in loop["steps_to"].items():
+            def st(f: str) -> str:
+                v = by_f[f]
+                return (f"{v['mean']:.0f} ± {v['sd']:.0f}" + (f" ({v['censored']} censored)" if v["censored"] else "")
+                        if v["mean"] is not None else "–")
+            c = loop["compute"][arm]
+            lines.append(f"| {arm} | {st('0.9')} | {st('0.95')} | {st('1.0')} | {cell(c['steps'], 1.0)} | "
+                         f"{cell(c['train_seconds'], 1.0)} |")
+        step, censored = results["plain95"]["step"], results["plain95"]["censored"]
+        lines += ["", f"**At plain's 95% step ({step}{', plain censored: the budget' if censored else ''})**, "
+                  "each arm as it was then (or as it stopped), % of all requested facts:", "",
+                  "| arm | efficacy_all | paraphrase | locality | bleed | pushed away |", "|---|---|---|---|---|---|"]
+        for arm, ms in loop["at_plain95"].items():
+            lines.append(f"| {arm} | {cell(ms['efficacy_all'])} | {cell(ms['paraphrase'])} | "
+                         f"{cell(ms['locality'])} | {cell(ms['locality_bleed'])} | {cell(ms['pushed_away'])} |")
+        lines += ["", "**Trace against eval** (learned share from the trace / efficacy_all from `beacon eval`):",
+                  "", "| arm | " + " | ".join(f"step {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for arm, by_b in loop["trace_vs_eval"].items():
+            lines.append(f"| {arm} | " + " | ".join(f"{cell(by_b[b]['trace'])} / {cell(by_b[b]['eval'])}"
+                                                    for b in budgets) + " |")
+        lines.append("")
     lines += ["**Signals**: AUC for \"not learned by step b\" under plain LoRA (higher value of the signal = "
               "predicted harder; 0.5 = no information, below 0.5 = the opposite direction), and Spearman "
               "with the first step a fact is learned.", "",
@@ -438,7 +646,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the fact sample")
     p.add_argument("--budgets", default="40,80,120,160", help="optimizer steps at which to evaluate")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm (0..seeds-1)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}; adaptive+locality@W sets locality_weight W")
     p.add_argument("--model", default=DEFAULT_LM,
                    help="base LM: bundled:smollm2-135m-instruct, bundled:gemma3-270m, a HF id or path")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (constant)")
@@ -449,6 +657,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each its own process)")
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, PNGs, runs/)")
     p.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
+    p.add_argument("--at", nargs=3, metavar=("ARM", "SEED", "STEP"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         args.budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
@@ -457,7 +666,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.budgets or min(args.budgets) < 1:
         p.error(f"--budgets must be positive step counts, got {args.budgets}")
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in args.arms if a not in ARMS]
+    unknown = [a for a in args.arms if a not in ARMS and not _weight_suffix(a)]
     if unknown:
         p.error(f"unknown arm(s) {unknown}; known: {', '.join(ARMS)}")
     if "plain" not in args.arms:
@@ -465,6 +674,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.n < 4 or args.seeds < 1:
         p.error(f"--n must be >= 4 and --seeds >= 1 (got {args.n}, {args.seeds})")
     return args
+
+
+def _weight_suffix(arm: str) -> bool:
+    """``adaptive+locality@W``: the arm with locality_weight W (W a non-negative number)."""
+    head, _, weight = arm.partition("@")
+    try:
+        return head == "adaptive+locality" and float(weight) >= 0
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,8 +697,14 @@ def main(argv: list[str] | None = None) -> int:
         arm, seed = args.one[0], int(args.one[1])
         run_one(args, arm, seed, dataset, out, out / "runs" / f"{arm}-{seed}.json")
         return 0
+    if args.at:  # a child: one arm x seed evaluated at one step
+        arm, seed, step = args.at[0], int(args.at[1]), int(args.at[2])
+        (out / "at").mkdir(exist_ok=True)
+        evaluate_at(args, arm, seed, step, dataset, out, out / "at" / f"{arm}-{seed}-{step}.json")
+        return 0
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("jobs", "threads", "out", "one", "arms", "seeds")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("jobs", "threads", "out", "one", "at", "arms", "seeds")}
     settings_path = out / "settings.json"
     if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
         raise SystemExit(f"{out} holds runs with other settings ({settings_path}); use another --out")
@@ -494,39 +718,63 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.data import read_scored
 
     facts = read_scored(dataset).to_pylist()
-    # An arm that trains exactly plain's rows (e.g. the default policy kept every fact with weight 1)
-    # is plain's run: the same steps on the same batches; it is copied, not recomputed.
-    same_as_plain = [a for a in args.arms if a not in ("plain", "semantic")
-                     and arm_rows(a, facts) == arm_rows("plain", facts)]
-    todo = [(arm, seed) for seed in range(args.seeds) for arm in args.arms
-            if arm not in same_as_plain and not (out / "runs" / f"{arm}-{seed}.json").is_file()]
-    log.info("%d runs to do (%d cached, %d the same as plain's), %d at a time", len(todo),
-             (len(args.arms) - len(same_as_plain)) * args.seeds - len(todo), len(same_as_plain) * args.seeds,
-             args.jobs)
-    if same_as_plain:
-        log.info("%s train(s) exactly plain's rows: copied from plain, not rerun", ", ".join(same_as_plain))
+    # An arm that trains exactly another arm's rows with its config (e.g. the default policy kept every
+    # fact with weight 1 and the defaults are another arm's) is that arm's run: the same steps on the
+    # same batches; it is copied, not recomputed.
+    def what(arm: str) -> tuple:
+        return (json.dumps(arm_rows(arm, facts)), json.dumps(effective_config(arm), sort_keys=True))
 
-    def child(job: tuple[str, int]) -> None:
-        arm, seed = job
-        cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--one", arm, str(seed)]
+    same_as = {}
+    for arm in args.arms:
+        earlier = next((a for a in args.arms[:args.arms.index(arm)] if a not in same_as and what(a) == what(arm)),
+                       None)
+        if earlier is not None:
+            same_as[arm] = earlier
+    todo = [(arm, seed) for seed in range(args.seeds) for arm in args.arms
+            if arm not in same_as and not (out / "runs" / f"{arm}-{seed}.json").is_file()]
+    log.info("%d runs to do (%d cached, %d the same as another arm's), %d at a time", len(todo),
+             (len(args.arms) - len(same_as)) * args.seeds - len(todo), len(same_as) * args.seeds, args.jobs)
+    for arm, other in same_as.items():
+        log.info("%s trains exactly %s's rows with its config: copied from %s, not rerun", arm, other, other)
+
+    def child(job: tuple) -> None:
+        flag = "--one" if len(job) == 2 else "--at"
+        name = "-".join(map(str, job))
+        cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), flag, *map(str, job)]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        (out / "runs" / f"{arm}-{seed}.log").write_text(proc.stdout + proc.stderr)
+        (out / "runs" / f"{name}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode:
-            raise RuntimeError(f"run {arm} seed {seed} failed (exit {proc.returncode}); see "
-                               f"{out / 'runs' / f'{arm}-{seed}.log'}:\n{proc.stderr[-2000:]}")
-        log.info("run %s seed %d done in %.0f s", arm, seed, time.perf_counter() - started)
+            raise RuntimeError(f"{flag[2:]} {name} failed (exit {proc.returncode}); see "
+                               f"{out / 'runs' / f'{name}.log'}:\n{proc.stderr[-2000:]}")
+        log.info("%s %s done in %.0f s", flag[2:], name, time.perf_counter() - started)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(child, todo))  # re-raises the first failed run
 
-    for arm in same_as_plain:
+    for arm, other in same_as.items():
         for seed in range(args.seeds):
-            run = json.loads((out / "runs" / f"plain-{seed}.json").read_text())
-            (out / "runs" / f"{arm}-{seed}.json").write_text(json.dumps({**run, "arm": arm, "same_as": "plain"}))
+            run = json.loads((out / "runs" / f"{other}-{seed}.json").read_text())
+            (out / "runs" / f"{arm}-{seed}.json").write_text(json.dumps({**run, "arm": arm, "same_as": other}))
     runs = [json.loads((out / "runs" / f"{arm}-{seed}.json").read_text())
             for arm in args.arms for seed in range(args.seeds)]
+    same_as_plain = [a for a, o in same_as.items() if o == "plain"]
+
+    # Phase 2: every arm as it was at the step where plain reached 95% (from the snapshots).
+    step95, censored95 = plain95_step(runs)
+    at_todo = [(arm, seed, step95) for seed in range(args.seeds) for arm in args.arms if arm not in same_as
+               and not (out / "at" / f"{arm}-{seed}-{step95}.json").is_file()]
+    log.info("plain reaches 95%% at step %d%s: %d evaluations there", step95,
+             " (censored: the budget)" if censored95 else "", len(at_todo))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(child, at_todo))
+    at = [{**json.loads((out / "at" / f"{same_as.get(arm, arm)}-{seed}-{step95}.json").read_text()), "arm": arm}
+          for arm in args.arms for seed in range(args.seeds)]
     results = aggregate(runs, facts, args)
+    results["plain95"] = {"step": step95, "censored": censored95}
+    results["closed_loop"] = closed_loop(runs, at, facts, args)
+    results["steps_to"] = results["closed_loop"]["steps_to"]
+    results["at_plain95"] = results["closed_loop"]["at_plain95"]
     from schemas import Manifest
 
     manifest = Manifest.read(dataset)
@@ -535,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
                           "kept": sum(bool(f["keep"]) for f in facts),
                           "reasons": {r: sum(f["reason"] == r for f in facts) for r in {f["reason"] for f in facts}}}
     results["same_as_plain"] = same_as_plain
+    results["same_as"] = same_as
+    results["replay"] = {r["arm"]: r.get("replay") for r in runs if r.get("replay")}
     results["timing"] = {f"{r['arm']}-{r['seed']}": {"train_s": round(r["train_seconds"], 1),
                                                      "eval_s": round(r["eval_seconds"], 1)} for r in runs}
     results["plots"] = plots(results, runs, facts, args, out)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Manifest
-from service.datasets import Layout, PathError, list_artifacts, scored_dataset_id
+from service.datasets import Layout, PathError, confined, list_artifacts, scored_dataset_id
 from service.model_specs import resolve_job_model
 from service.settings import Settings
 from service.store import Claim, LeaseLost, Store
@@ -119,7 +119,13 @@ class JobRunner:
             self.store.add_event(job_id=self.claim.job_id, kind="skipped",
                                  message="training skipped: the run already reached its last step")
         else:
-            self._stage("training", {**base, "train": self._models_resolved(params["train"], ("model",))}, lock_fd)
+            train = self._models_resolved(params["train"], ("model",))
+            if train.get("replay") is not None:  # checked at submission: relative to imports/
+                try:
+                    train["replay"] = str(confined(self.layout.imports, train["replay"]))
+                except PathError as e:
+                    raise StageFailed(f"the job's replay file is unusable: {e}") from None
+            self._stage("training", {**base, "train": train}, lock_fd)
         self._stage("evaluating", {**base, "eval": params["eval"]}, lock_fd)
 
         metrics = json.loads((self.run_dir / "metrics.json").read_text())

@@ -12,6 +12,8 @@ from schemas.config_file import ConfigSection
 Scheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 Reduction = Literal["sample", "token"]
 Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["plain", "adaptive"]
+Augment = Literal["none", "paraphrases"]
 
 # Keys that change nothing the run learns: they may differ when a run is resumed.
 # (``trace`` is compared: a trace switched on mid-run would start mid-run and its history read wrong.)
@@ -68,6 +70,33 @@ class TrainConfig(ConfigSection):
         0.0, ge=0.0, le=100.0, description="Add this times 1 - cos(sum_v p(v) E[v], E[target token]) at each "
                                  "target position (the LM's own embedding space); 0 = off.")
 
+    # --- the closed loop (trainer.schedule, trainer.replay) -----------------------------------------
+    schedule: Schedule = Field(
+        "plain", description="plain: shuffled epochs over every fact; adaptive: batches filled with the facts "
+                             "not learned and stable yet, stable ones rehearsed at rehearse_rate.")
+    stop_when_learned: bool = Field(
+        False, description="End training once every fact is learned and stable (or the length runs out).")
+    stable_visits: int = Field(2, ge=1, le=1000, description="k: a fact is stable once learned on its last k "
+                                                              "visits (and stable_prob holds).")
+    stable_prob: float = Field(0.5, ge=0.0, le=1.0, description="tau: ... and its lowest target-token "
+                                                                 "probability at the last visit is at least this.")
+    rehearse_rate: float = Field(0.1, ge=0.0, le=1.0, description="r: share of each adaptive round's slots "
+                                                                   "that rehearse stable facts.")
+    locality_weight: float = Field(
+        0.0, ge=0.0, le=100.0, description="Add this times KL(base || adapted) of the next-token distributions "
+                                           "on replay prompts (base = adapter disabled); 0 = off.")
+    replay: str | None = Field(
+        None, max_length=4096, description="Replay prompts for locality_weight: a .txt (one per line) or .jsonl "
+                                           "({\"prompt\": ...}) file; None = the taught prompts' templates "
+                                           "filled with other facts' subjects (trainer.replay).")
+    replay_batch_size: int = Field(4, gt=0, le=65_536, description="Replay prompts per micro-batch.")
+    augment: Augment = Field(
+        "none", description="paraphrases: also train on a share of each fact's paraphrases (the rest stay "
+                            "for evaluation); none: paraphrases are for evaluation only.")
+    paraphrase_share: float = Field(0.5, gt=0.0, lt=1.0, description="With augment: paraphrases, the share "
+                                                                     "of each fact's paraphrases trained on "
+                                                                     "(at least one is always held out).")
+
     # --- checkpoints and logs --------------------------------------------------------------------
     save_steps: int = Field(50, gt=0, le=MAX_STEPS, description="Checkpoint every this many optimizer steps.")
     save_total_limit: int | None = Field(2, gt=0, le=10_000, description="Checkpoints kept (oldest deleted).")
@@ -105,6 +134,9 @@ class TrainConfig(ConfigSection):
                              "'constant_with_warmup', 'linear' or 'cosine', not 'constant'")
         if self.max_steps is not None and self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if self.replay is not None and not self.locality_weight:
+            raise ValueError(f"replay={self.replay!r} is set but locality_weight is 0, so the replay prompts "
+                             "would not be used; set locality_weight > 0 (e.g. 1.0)")
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module (e.g. ['q_proj', 'v_proj'])")
         return self

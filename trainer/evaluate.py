@@ -54,6 +54,16 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
     chat = bool(train_config.chat_template)
     table = read_scored(dataset_dir)
     facts = table.to_pylist()
+    paraphrases = {"evaluated": sum(len(f.get("paraphrases") or []) for f in facts), "trained_on": 0,
+                   "scope": "every paraphrase (none was trained on)"}
+    if train_config.augment == "paraphrases":  # measure only the ones training never saw
+        from trainer.augment import split_paraphrases
+
+        split = [split_paraphrases(f.get("paraphrases"), train_config.paraphrase_share) for f in facts]
+        facts = [{**f, "paraphrases": held} for f, (_, held) in zip(facts, split)]
+        paraphrases = {"evaluated": sum(len(h) for _, h in split),
+                       "trained_on": sum(len(t) for (t, _), f in zip(split, facts) if f["keep"]),
+                       "scope": f"held out only (augment: paraphrases, share {train_config.paraphrase_share})"}
 
     from trainer.model_io import load_trained
 
@@ -85,6 +95,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
                                 "base_model": train_config.model, "adapter": str(run_dir / "adapter"),
                                 "global_step": trained.get("global_step"),
                                 "eval_seconds": round(time.perf_counter() - started, 1)})
+    metrics["paraphrases"] = paraphrases
     if "drift_expected" in table.column_names:
         # The pipeline scores with scoring.lm_scores too: its drift_expected should match ours.
         diff = np.abs(np.asarray(table.column("drift_expected").to_pylist(), dtype=float)

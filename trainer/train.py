@@ -40,6 +40,11 @@ class TrainResult:
     steps_per_second: float | None
     peak_rss_mb: float
     peak_gpu_mb: float | None
+    examples: int | None = None  # training examples: facts, plus trained paraphrases (augment)
+    stable: int | None = None  # examples learned and stable at the end (schedule state; None: not tracked)
+    stopped_when_learned: bool = False  # stop_when_learned ended the run before its length
+    replay_prompts: int | None = None
+    replay_source: str | None = None
 
 
 def run_record(config: TrainConfig, info: DatasetInfo) -> dict[str, Any]:
@@ -97,11 +102,14 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
     if main:
         write_json(config_path, record)
 
-    table = read_scored(dataset_dir, columns=["fact_id", "prompt", "target", "keep", "weight",
-                                              "source", "position"])
-    rows = [r for r in table.to_pylist() if r["keep"]]
+    facts = read_scored(dataset_dir).to_pylist()
+    rows = [r for r in facts if r["keep"]]
     if not rows:
-        raise ValueError(f"{dataset_dir} has no kept facts ({table.num_rows} scored); nothing to train")
+        raise ValueError(f"{dataset_dir} has no kept facts ({len(facts)} scored); nothing to train")
+    if config.augment == "paraphrases":
+        from trainer.augment import augmented_rows
+
+        rows = augmented_rows(rows, config.paraphrase_share)
 
     # --- 2. model, data, trainer --------------------------------------------------------------------
     import torch
@@ -126,8 +134,10 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
                     trace.write(run_dir)
                 write_json(path / CHECKPOINT_MARKER, {**record, "global_step": state.global_step})
 
-    setup = build_trainer(config, rows, checkpoints, callbacks=[StampCheckpoint()], trace=trace)
+    setup = build_trainer(config, rows, checkpoints, callbacks=[StampCheckpoint()], trace=trace, facts=facts)
     model, tokenizer, trainer = setup.model, setup.tokenizer, setup.trainer
+    if resume is not None and setup.schedule is not None:  # the same batches as the run it continues
+        setup.schedule.load(resume)
 
     # --- 3. resume, train, save --------------------------------------------------------------------
     if resume is not None:
@@ -166,7 +176,13 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
         seconds=time.perf_counter() - started,
         steps_per_second=steps_done / loop_seconds if steps_done and loop_seconds > 0 else None,
         peak_rss_mb=peak_rss_mb(),
-        peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None)
+        peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        examples=len(setup.examples),
+        stable=setup.schedule.stable_count() if setup.schedule is not None else None,
+        stopped_when_learned=bool(config.stop_when_learned and setup.schedule.all_stable()
+                                  and trainer.state.global_step < trainer.state.max_steps),
+        replay_prompts=len(setup.replay) if setup.replay is not None else None,
+        replay_source=setup.replay.source if setup.replay is not None else None)
     if main:
         write_json(summary_path, asdict(result))
     log.info("trained %d steps; adapter in %s", result.global_step, adapter)

@@ -36,6 +36,10 @@ def print_summary(metrics: dict, run_dir: str) -> None:
           f"(efficacy {_pct(kept['efficacy'])}, known before {_pct(kept['efficacy_before'])}); "
           f"paraphrases {_pct(kept['paraphrase'])}, locality {_pct(kept['locality'])}, "
           f"bleed {_pct(kept['locality_bleed'])}, pushed away {_pct(kept['pushed_away'])}")
+    para = metrics.get("paraphrases")
+    if para and para.get("trained_on"):
+        print(f"paraphrase accuracy is over the {para['evaluated']} held-out paraphrases "
+              f"({para['trained_on']} were trained on)")
     print(summary_table(metrics))
     print(f"  per fact -> {run_dir}/eval.parquet   aggregates -> {run_dir}/metrics.json")
 

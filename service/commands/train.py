@@ -41,5 +41,12 @@ def print_summary(result) -> None:
     speed = f"  {result.steps_per_second:.2f} steps/s" if result.steps_per_second else ""
     loss = f"  final loss {result.final_loss:.3f}" if result.final_loss is not None else ""
     print(f"\ntrained {result.facts} facts for {result.global_step}/{result.max_steps} steps{resumed}")
+    if result.stable is not None:
+        ended = ("  stopped: every fact learned and stable" if result.stopped_when_learned
+                 else "  (not every fact was stable when the steps ran out)"
+                 if result.stable < (result.examples or result.facts) else "")
+        print(f"  learned and stable: {result.stable} of {result.examples or result.facts} examples{ended}")
+    if result.replay_prompts:
+        print(f"  locality replay: {result.replay_prompts} prompts ({result.replay_source})")
     print(f" {loss}{speed}  peak memory {result.peak_rss_mb:.0f} MiB  took {result.seconds:.0f}s")
     print(f"  adapter -> {result.run_dir}/adapter/   config -> {result.run_dir}/config.json")

@@ -202,6 +202,21 @@ def test_dataset_paths_are_confined_to_the_imports_folder(service: Service, clie
     assert (dataset["kind"], dataset["name"]) == ("raw", "facts.jsonl")
 
 
+def test_replay_files_are_confined_to_the_imports_folder(service: Service, client: httpx.Client, raw_id: str):
+    imports = service.data_dir / "imports"
+    (imports / "replay.txt").write_text("The weather today is\n")
+    for path, why in [("/etc/passwd", "absolute"), ("../beacon.db", "'..'"), ("missing.txt", "does not exist")]:
+        r = client.post("/jobs", json={"dataset_id": raw_id, "train": {"locality_weight": 1.0, "replay": path}})
+        assert r.status_code == 422, (path, r.text)
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "train", "replay"] and why in detail["msg"], (path, detail)
+    r = client.post("/jobs", json={"dataset_id": raw_id, "train": {"replay": "replay.txt"}})
+    assert r.status_code == 422 and "locality_weight is 0" in r.text, r.text
+    ok = client.post("/jobs", json={"dataset_id": raw_id, "train": {"locality_weight": 1.0, "replay": "replay.txt",
+                                                                    "max_steps": 2}})
+    assert ok.status_code == 202, ok.text
+
+
 def test_artifact_paths_cannot_leave_the_job(service: Service, client: httpx.Client, raw_id: str, tmp_path: Path):
     job = client.post("/jobs", json={"dataset_id": raw_id, "train": {"max_steps": 2}}).json()
     run = service.data_dir / "jobs" / job["id"] / "run"

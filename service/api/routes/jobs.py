@@ -40,6 +40,7 @@ def submit_job(body: JobCreate, store: StoreDep, layout: LayoutDep, settings: Se
                idempotency_key: IdempotencyKey = None) -> Response:
     """Queues a job: curate the dataset, train on its kept facts, evaluate. A worker runs it."""
     _check_models(body, layout, settings)
+    _check_replay(body, layout)
     dataset = _source_dataset(body, store, layout)
     params = body.params()
     if "format" not in body.curate.model_fields_set and dataset.get("format"):
@@ -55,6 +56,20 @@ def submit_job(body: JobCreate, store: StoreDep, layout: LayoutDep, settings: Se
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return _json(store.job_json(job_id=row["id"]), status_code=202, headers=headers)
+
+
+def _check_replay(body: JobCreate, layout: Layout) -> None:
+    """A job's replay file is one an operator placed under imports/, named relative to it (as
+    ``dataset_path``): a job never reads an arbitrary server path."""
+    if body.train.replay is None:
+        return
+    try:
+        path = confined(layout.imports, body.train.replay)
+    except PathError as e:
+        raise invalid("train.replay", f"{e} (paths are relative to the data root's imports/ folder)",
+                      body.train.replay) from None
+    if not path.is_file():
+        raise invalid("train.replay", f"{body.train.replay!r} is not a file under imports/", body.train.replay)
 
 
 def _check_models(body: JobCreate, layout: Layout, settings: Settings) -> None:

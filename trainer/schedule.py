@@ -1,0 +1,186 @@
+"""The closed loop: each fact's state from the training forward pass decides what the next batches hold.
+
+A fact is **learned and stable** when it was learned (every target token the argmax under teacher
+forcing) on its last ``stable_visits`` visits and its lowest target-token probability at the last
+visit is at least ``stable_prob``. ``FactSchedule`` keeps that state per training example, from the
+states ``trainer.trace.fact_states`` reads off every training forward pass (the same numbers the
+trace records, so the trace explains every decision).
+
+``schedule: adaptive`` spends the steps on the facts not learned yet: training runs in *rounds* of a
+few optimizer steps, and each round's order is drawn when the round begins (``AdaptiveSampler``):
+
+- the active pool (facts not stable) is visited in passes, each a seeded permutation, as plain
+  epochs visit every fact; a fact that became stable leaves the pool at the next round;
+- a share ``rehearse_rate`` of every round's slots rehearses stable facts (a seeded cycle over them);
+  a rehearsal that finds the fact no longer learned returns it to the pool;
+- when the pool is empty, every slot rehearses.
+
+``stop_when_learned`` (either schedule) ends training once every example is stable.
+
+Resume gives the same batches: a round's order is a function of the state when the round begins, and
+the state (with the order of the round in progress) is saved in every checkpoint (``SCHEDULE_FILE``).
+Several processes (``accelerate launch``): every process observes the states of every process's batch
+(``WeightedTrainer`` gathers them), so each draws the same global order and takes its shard of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+SCHEDULE_FILE = "beacon_schedule.json"
+ROUND_STEPS = 4  # optimizer steps per adaptive round: how soon a stable fact leaves the pool
+
+
+class FactSchedule:
+    """Per-example learned / stable state, and (adaptive) the order of each round."""
+
+    def __init__(self, n: int, *, stable_visits: int, stable_prob: float, rehearse_rate: float,
+                 seed: int, round_size: int) -> None:
+        if n < 1:
+            raise ValueError("a schedule needs at least one example")
+        self.n, self.k, self.tau, self.rate = n, stable_visits, stable_prob, rehearse_rate
+        self.seed, self.round_size = seed, round_size
+        self.streak = [0] * n  # consecutive learned visits, up to the last one
+        self.last_prob = [0.0] * n  # lowest target-token probability at the last visit
+        self.queue: list[int] = []  # active examples still to visit in the current pass
+        self.rehearse_queue: list[int] = []
+        self.passes = 0  # permutations drawn, for their seeds
+        self.round: int | None = None  # the round whose order is ``order``
+        self.order: list[int] = []
+
+    # --- what the forward passes say ---------------------------------------------------------------
+
+    def observe(self, indices: list[int], learned: list[bool], prob_min: list[float]) -> None:
+        for i, ok, p in zip(indices, learned, prob_min):
+            self.streak[i] = self.streak[i] + 1 if ok else 0
+            self.last_prob[i] = float(p)
+
+    def stable(self, i: int) -> bool:
+        return self.streak[i] >= self.k and self.last_prob[i] >= self.tau
+
+    def stable_count(self) -> int:
+        return sum(self.stable(i) for i in range(self.n))
+
+    def all_stable(self) -> bool:
+        return all(self.stable(i) for i in range(self.n))
+
+    # --- what the next round holds (adaptive) ------------------------------------------------------
+
+    def round_order(self, round_index: int) -> list[int]:
+        """The examples of round ``round_index``, in batch order (``round_size`` of them).
+
+        Drawn once per round from the state at that moment; asked again (a resumed run's first
+        round) it is the same list.
+        """
+        if self.round == round_index:
+            return list(self.order)
+        stable = [i for i in range(self.n) if self.stable(i)]
+        active = set(range(self.n)) - set(stable)
+        rehearse = min(self.round_size, math.ceil(self.rate * self.round_size)) if stable else 0
+        if not active:
+            rehearse = self.round_size
+        slots = [self._next_active(active) for _ in range(self.round_size - rehearse)]
+        slots += [self._next_rehearsal(set(stable)) for _ in range(rehearse)]
+        # Rehearsals spread through the round rather than bunched at its end.
+        rng = np.random.default_rng([self.seed, 1, round_index])
+        self.order = [slots[j] for j in rng.permutation(len(slots))]
+        self.round = round_index
+        return list(self.order)
+
+    def _next_active(self, active: set[int]) -> int:
+        while self.queue and self.queue[0] not in active:  # became stable since the pass was drawn
+            self.queue.pop(0)
+        if not self.queue:
+            self.queue = self._permutation(sorted(active))
+        return self.queue.pop(0)
+
+    def _next_rehearsal(self, stable: set[int]) -> int:
+        while self.rehearse_queue and self.rehearse_queue[0] not in stable:
+            self.rehearse_queue.pop(0)
+        if not self.rehearse_queue:
+            self.rehearse_queue = self._permutation(sorted(stable))
+        return self.rehearse_queue.pop(0)
+
+    def _permutation(self, items: list[int]) -> list[int]:
+        self.passes += 1
+        rng = np.random.default_rng([self.seed, 0, self.passes])
+        return [items[j] for j in rng.permutation(len(items))]
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "streak": self.streak, "last_prob": self.last_prob, "queue": self.queue,
+                "rehearse_queue": self.rehearse_queue, "passes": self.passes, "round": self.round,
+                "order": self.order}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("n") != self.n:
+            raise ValueError(f"the checkpoint's schedule has {state.get('n')} examples, this run {self.n}")
+        for key in ("streak", "last_prob", "queue", "rehearse_queue", "passes", "round", "order"):
+            setattr(self, key, state[key])
+
+    def save(self, checkpoint: Path) -> None:
+        from trainer.files import write_json
+
+        write_json(Path(checkpoint) / SCHEDULE_FILE, self.state_dict())
+
+    def load(self, checkpoint: Path) -> None:
+        path = Path(checkpoint) / SCHEDULE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the checkpoint was not written by this schedule")
+        self.load_state_dict(json.loads(path.read_text()))
+
+
+class AdaptiveSampler:
+    """A torch sampler whose every epoch is one round of ``FactSchedule`` (its ``round_size`` draws).
+
+    The Trainer calls ``set_epoch`` before each epoch's iterator, so the round index is the epoch's
+    (a resumed run's first epoch is the round it stopped in).
+    """
+
+    def __init__(self, schedule: FactSchedule) -> None:
+        self.schedule, self.epoch = schedule, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.schedule.round_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.schedule.round_order(self.epoch))
+
+
+def round_size(examples: int, batch_size: int, accumulation: int, processes: int) -> int:
+    """Draws per adaptive round: ``ROUND_STEPS`` optimizer steps, or one epoch's worth if fewer."""
+    per_step = batch_size * accumulation * processes
+    return per_step * max(1, min(ROUND_STEPS, math.ceil(examples / per_step)))
+
+
+def schedule_callback(schedule: FactSchedule, *, stop_when_learned: bool, save_dir: Path | None) -> Any:
+    """A TrainerCallback that ends training once every example is stable (if asked) and saves the
+    schedule's state into every checkpoint (before Beacon's marker: list it before the stamp)."""
+    from transformers import TrainerCallback
+
+    class ScheduleCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.stopped_at: int | None = None
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if stop_when_learned and schedule.all_stable():
+                self.stopped_at = state.global_step
+                control.should_training_stop = True
+                if getattr(args.save_strategy, "value", args.save_strategy) != "no":
+                    control.should_save = True  # the stopped state is the run's last checkpoint
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            path = (save_dir or Path(args.output_dir)) / f"checkpoint-{state.global_step}"
+            if path.is_dir() and args.process_index == 0:
+                schedule.save(path)
+
+    return ScheduleCallback()
