@@ -106,6 +106,7 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
     rows = [r for r in facts if r["keep"]]
     if not rows:
         raise ValueError(f"{dataset_dir} has no kept facts ({len(facts)} scored); nothing to train")
+    kept_facts = len(rows)
     if config.augment == "paraphrases":
         from trainer.augment import augmented_rows
 
@@ -171,7 +172,7 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
 
     result = TrainResult(
         run_dir=str(run_dir), global_step=trainer.state.global_step, max_steps=trainer.state.max_steps,
-        resumed_from=str(resume) if resume else None, facts=len(setup.examples),
+        resumed_from=str(resume) if resume else None, facts=kept_facts,
         final_loss=next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
         seconds=time.perf_counter() - started,
         steps_per_second=steps_done / loop_seconds if steps_done and loop_seconds > 0 else None,

@@ -77,3 +77,28 @@ def test_train_then_evaluate_then_reload(tiny_dataset: Path, tmp_path: Path) -> 
     assert answers == table.column("answer").to_pylist()
     assert [starts_with_target(a, r["target"]) for a, r in zip(answers, rows)] == \
         table.column("efficacy").to_pylist()
+
+
+@pytest.mark.slow
+def test_paraphrase_augmentation_trains_a_share_and_evaluates_the_rest(tmp_path: Path) -> None:
+    from trainer_fixtures import write_dataset
+
+    rows = scored_rows()
+    for r in rows:
+        r["paraphrases"] = [r["paraphrases"][0], r["paraphrases"][0] + " (asked again)"]
+    rows[0]["paraphrases"] = rows[0]["paraphrases"][:1]  # one paraphrase: kept for evaluation
+    dataset = write_dataset(tmp_path / "dataset", rows)
+    run = tmp_path / "run"
+    result = train(dataset, run, TrainConfig(max_steps=3, epochs=None, batch_size=3, progress=False,
+                                             augment="paraphrases", paraphrase_share=0.5))
+    assert (result.facts, result.examples) == (5, 9)  # 5 kept facts + 4 trained paraphrases
+    traced = {r["fact_id"] for r in pq.read_table(run / "trace.parquet").to_pylist()}
+    assert traced <= {f"f{i}" for i in range(5)} | {f"f{i}#para0" for i in range(1, 5)}
+    assert "f0#para0" not in traced
+
+    metrics = evaluate(run, EvalConfig(batch_size=8, progress=False))
+    # f0 keeps its one paraphrase; every other fact keeps its second; f5 (filtered) trained none.
+    assert metrics["paraphrases"]["evaluated"] == 6 and metrics["paraphrases"]["trained_on"] == 4
+    assert "held out only" in metrics["paraphrases"]["scope"]
+    counts = pq.read_table(run / "eval.parquet").column("paraphrase_count").to_pylist()
+    assert counts == [1, 1, 1, 1, 1, 1]
