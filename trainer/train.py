@@ -180,7 +180,7 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
         peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         examples=len(setup.examples),
         stable=setup.schedule.stable_count() if setup.schedule is not None else None,
-        stopped_when_learned=bool(config.stop_when_learned and setup.schedule.all_stable()
+        stopped_when_learned=bool(config.stop_when_learned and setup.schedule.confirmed()
                                   and trainer.state.global_step < trainer.state.max_steps),
         replay_prompts=len(setup.replay) if setup.replay is not None else None,
         replay_source=setup.replay.source if setup.replay is not None else None)

@@ -50,6 +50,20 @@ def test_stability_needs_k_learned_visits_and_the_probability() -> None:
     assert not s.stable(0)
 
 
+def test_the_stop_waits_for_every_fact_to_be_confirmed_after_the_last_became_stable() -> None:
+    s = schedule(n=3)
+    learn(s, [0, 1])
+    learn(s, [2])
+    assert s.all_stable() and not s.confirmed()  # 0 and 1 were last seen before 2 became stable
+    learn(s, [0, 1], times=1)
+    assert not s.confirmed()
+    s.observe([2], [False], [0.2])  # 2 forgot: back in the pool, confirmation starts over
+    assert not s.confirmed()
+    learn(s, [2])
+    learn(s, [0, 1, 2], times=1)
+    assert s.confirmed()
+
+
 def test_all_stable_rounds_are_all_rehearsal() -> None:
     s = schedule(n=3, size=6)
     learn(s, [0, 1, 2])
