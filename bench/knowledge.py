@@ -265,7 +265,7 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: P
 
     class EvaluateAtBudgets(TrainerCallback):
         def on_step_end(self, targs: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step % SNAPSHOT_EVERY == 0:
+            if state.global_step % SNAPSHOT_EVERY == 0 or state.global_step in (*eval_steps, config.max_steps):
                 save_snapshot(kwargs["model"], snapshots / f"{state.global_step}.pt")
             if state.global_step in eval_steps:
                 evaluate(kwargs["model"], state.global_step)
@@ -316,6 +316,48 @@ def snapshot_at(snapshots: Path, step: int, stopped_at: int | None) -> tuple[Pat
     if stopped_at is not None and taken and taken[-1] == stopped_at and step > stopped_at:
         return snapshots / f"{stopped_at}.pt", stopped_at
     raise FileNotFoundError(f"{snapshots} has no snapshot at step {step} (taken every {SNAPSHOT_EVERY})")
+
+
+def efficacy_curve(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: Path, path: Path) -> None:
+    """Efficacy over all requested facts at every LoRA snapshot of a run (greedy answers only, as
+    ``beacon eval`` decides ``efficacy``): the learning curve at ``SNAPSHOT_EVERY``-step resolution.
+
+    The trace says "learned" at each fact's last visit, which lags the model by up to an epoch and
+    lags less for facts visited more often (the adaptive schedule's): steps read from it would favour
+    adaptive. This curve measures every arm the same way, on the model as it is at the step."""
+    import torch
+
+    from scoring.lm_scores import decode_answer, greedy_answers
+    from trainer.config import TrainConfig
+    from trainer.metrics import starts_with_target
+    from trainer.model_io import with_lora
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer, plan, _ = load_plan(dataset, args.model, args.eval_batch_size)
+    run = json.loads((out / "runs" / f"{arm}-{seed}.json").read_text())
+    trained = set(run["trained_ids"])
+    model = with_lora(model, TrainConfig(lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank))
+    snapshots = out / "snapshots" / f"{arm}-{seed}"
+    curve = {}
+    for step in sorted(int(p.stem) for p in snapshots.glob("*.pt")):
+        result = model.load_state_dict(torch.load(snapshots / f"{step}.pt"), strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{snapshots}/{step}.pt holds weights this model has not")
+        model.eval()
+        ids = greedy_answers(model, tokenizer, plan.prompts, plan.budget, plan.config.batch_size,
+                             chat_template=plan.chat)
+        hits = [starts_with_target(decode_answer(tokenizer, a[:b]), t) and f["fact_id"] in trained
+                for a, b, t, f in zip(ids, plan.budget, plan.targets, plan.facts)]
+        curve[str(step)] = sum(hits) / args.n
+    path.write_text(json.dumps({"arm": arm, "seed": seed, "stopped_at": run.get("stopped_at"), "curve": curve}))
+
+
+def curve_steps_to(curve: dict[str, float], fraction: float, budget: int) -> tuple[int, bool]:
+    """(first snapshot step whose efficacy reaches ``fraction``, censored): censored at the budget."""
+    for step in sorted(curve, key=int):
+        if curve[step] >= fraction - 1e-12:
+            return int(step), False
+    return budget, True
 
 
 def trace_learned_fraction(rows: list[dict], requested: int, max_steps: int) -> list[float]:
@@ -462,26 +504,31 @@ def aggregate(runs: list[dict], facts: list[dict], args: argparse.Namespace) -> 
             "spearman_first_learned": spearman_out}
 
 
-def plain95_step(runs: list[dict]) -> tuple[int, bool]:
-    """The step at which plain reaches 95% of the requested facts learned (trace; mean over seeds,
+def plain95_step(runs: list[dict], budget: int) -> tuple[int, bool]:
+    """The step at which plain's efficacy curve reaches 95% of the requested facts (mean over seeds,
     rounded up to a snapshot), and whether any seed never got there (then: the budget)."""
-    found = [steps_to(r["trace_learned"], 0.95) for r in runs if r["arm"] == "plain"]
+    found = [curve_steps_to(r["curve"], 0.95, budget) for r in runs if r["arm"] == "plain"]
     step = float(np.mean([s for s, _ in found]))
-    return min(len(runs[0]["trace_learned"]), SNAPSHOT_EVERY * math.ceil(step / SNAPSHOT_EVERY)), \
-        any(c for _, c in found)
+    return min(budget, SNAPSHOT_EVERY * math.ceil(step / SNAPSHOT_EVERY)), any(c for _, c in found)
 
 
 def closed_loop(runs: list[dict], at: list[dict], facts: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     """``steps_to[arm][fraction]`` (mean, sd, censored runs) and ``at_plain95[arm][metric]`` (mean, sd)."""
     fact_ids = [f["fact_id"] for f in facts]
-    out: dict[str, Any] = {"steps_to": {}, "at_plain95": {}, "trace_vs_eval": {}}
+    budget = max(args.budgets)
+    out: dict[str, Any] = {"steps_to": {}, "steps_to_trace": {}, "at_plain95": {}, "trace_vs_eval": {}}
     for arm in args.arms:
         arm_runs = [r for r in runs if r["arm"] == arm]
-        out["steps_to"][arm] = {}
+        out["steps_to"][arm], out["steps_to_trace"][arm] = {}, {}
         for fraction in FRACTIONS:
-            found = [steps_to(r["trace_learned"], float(fraction)) for r in arm_runs]
+            # Headline: the efficacy curve (beacon eval's efficacy at every snapshot).
+            found = [curve_steps_to(r["curve"], float(fraction), budget) for r in arm_runs]
             out["steps_to"][arm][fraction] = {**mean_sd([float(s) for s, _ in found]),
                                               "censored": sum(c for _, c in found)}
+            # The trace's own reading (lags the model; less for facts visited more often).
+            found = [steps_to(r["trace_learned"], float(fraction)) for r in arm_runs]
+            out["steps_to_trace"][arm][fraction] = {**mean_sd([float(s) for s, _ in found]),
+                                                    "censored": sum(c for _, c in found)}
         # The trace's learned share against `beacon eval`'s efficacy at every budget (the confirmation).
         out["trace_vs_eval"][arm] = {
             str(b): {"trace": mean_sd([r["trace_learned"][b - 1] for r in arm_runs]),
@@ -521,11 +568,15 @@ def plots(results: dict, runs: list[dict], facts: list[dict], args: argparse.Nam
 
     written = []
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
-    for arm in args.arms:  # the dense curve: the trace's learned share at every step
-        curves = np.asarray([r["trace_learned"] for r in runs if r["arm"] == arm], dtype=float)
-        axes[0].plot(np.arange(1, curves.shape[1] + 1), curves.mean(0), label=arm)
+    for arm in args.arms:  # the dense curves: efficacy at every snapshot (solid), the trace's (dotted)
+        arm_runs = [r for r in runs if r["arm"] == arm]
+        steps = sorted({int(s) for r in arm_runs for s in r["curve"]})
+        ys = [np.mean([_curve_at(r, s) for r in arm_runs]) for s in steps]
+        line, = axes[0].plot(steps, ys, marker=".", label=arm)
+        trace = np.asarray([r["trace_learned"] for r in arm_runs], dtype=float)
+        axes[0].plot(np.arange(1, trace.shape[1] + 1), trace.mean(0), ls=":", color=line.get_color())
     axes[0].axhline(0.95, color="grey", lw=0.8, ls="--")
-    axes[0].set_title("learned share of requested facts (trace)")
+    axes[0].set_title("efficacy at each snapshot (dotted: the trace's learned share)")
     axes[0].set_xlabel("optimizer steps")
     axes[0].grid(alpha=0.3)
     for ax, metric, label in zip(axes[1:], ("efficacy_all", "paraphrase", "locality"),
@@ -565,6 +616,12 @@ def plots(results: dict, runs: list[dict], facts: list[dict], args: argparse.Nam
     return written
 
 
+def _curve_at(run: dict, step: int) -> float:
+    """A run's efficacy at ``step``: its snapshot there, or its last one if it stopped before."""
+    taken = sorted(int(s) for s in run["curve"])
+    return run["curve"][str(max([s for s in taken if s <= step], default=taken[0]))]
+
+
 def _save(plt: Any, fig: Any, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -600,17 +657,19 @@ def report(results: dict, args: argparse.Namespace) -> str:
     lines.append("")
     loop = results.get("closed_loop")
     if loop:
-        lines += [f"**Steps to learn** (trace; mean ± sd over seeds; censored = runs that never got there, "
-                  f"counted at the budget {max(args.budgets)})", "",
+        lines += [f"**Steps to learn** 90/95/100% of the requested facts: from the efficacy curve (greedy "
+                  f"answers at every {SNAPSHOT_EVERY}-step snapshot), and in brackets from the trace; mean ± sd "
+                  f"over seeds; censored = runs that never got there, counted at the budget {max(args.budgets)}", "",
                   "| arm | 90% | 95% | 100% | steps taken | train s |", "|---|---|---|---|---|---|"]
+
+        def st(v: dict, t: dict) -> str:
+            text = f"{v['mean']:.0f} ± {v['sd']:.0f}" + (f" ({v['censored']} cens.)" if v["censored"] else "")
+            return text + f" [{t['mean']:.0f}" + (f", {t['censored']} cens.]" if t["censored"] else "]")
+
         for arm, by_f in loop["steps_to"].items():
-            def st(f: str) -> str:
-                v = by_f[f]
-                return (f"{v['mean']:.0f} ± {v['sd']:.0f}" + (f" ({v['censored']} censored)" if v["censored"] else "")
-                        if v["mean"] is not None else "–")
-            c = loop["compute"][arm]
-            lines.append(f"| {arm} | {st('0.9')} | {st('0.95')} | {st('1.0')} | {cell(c['steps'], 1.0)} | "
-                         f"{cell(c['train_seconds'], 1.0)} |")
+            c, tr = loop["compute"][arm], loop["steps_to_trace"][arm]
+            lines.append(f"| {arm} | " + " | ".join(st(by_f[f], tr[f]) for f in FRACTIONS)
+                         + f" | {cell(c['steps'], 1.0)} | {cell(c['train_seconds'], 1.0)} |")
         step, censored = results["plain95"]["step"], results["plain95"]["censored"]
         lines += ["", f"**At plain's 95% step ({step}{', plain censored: the budget' if censored else ''})**, "
                   "each arm as it was then (or as it stopped), % of all requested facts:", "",
@@ -658,6 +717,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, PNGs, runs/)")
     p.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     p.add_argument("--at", nargs=3, metavar=("ARM", "SEED", "STEP"), help=argparse.SUPPRESS)
+    p.add_argument("--curve", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         args.budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
@@ -697,6 +757,10 @@ def main(argv: list[str] | None = None) -> int:
         arm, seed = args.one[0], int(args.one[1])
         run_one(args, arm, seed, dataset, out, out / "runs" / f"{arm}-{seed}.json")
         return 0
+    if args.curve:  # a child: one arm x seed's efficacy at every snapshot
+        arm, seed = args.curve[0], int(args.curve[1])
+        efficacy_curve(args, arm, seed, dataset, out, out / "runs" / f"{arm}-{seed}.curve.json")
+        return 0
     if args.at:  # a child: one arm x seed evaluated at one step
         arm, seed, step = args.at[0], int(args.at[1]), int(args.at[2])
         (out / "at").mkdir(exist_ok=True)
@@ -704,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("jobs", "threads", "out", "one", "at", "arms", "seeds")}
+                if k not in ("jobs", "threads", "out", "one", "at", "curve", "arms", "seeds")}
     settings_path = out / "settings.json"
     if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
         raise SystemExit(f"{out} holds runs with other settings ({settings_path}); use another --out")
@@ -730,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
                        None)
         if earlier is not None:
             same_as[arm] = earlier
-    todo = [(arm, seed) for seed in range(args.seeds) for arm in args.arms
+    todo = [("--one", arm, seed) for seed in range(args.seeds) for arm in args.arms
             if arm not in same_as and not (out / "runs" / f"{arm}-{seed}.json").is_file()]
     log.info("%d runs to do (%d cached, %d the same as another arm's), %d at a time", len(todo),
              (len(args.arms) - len(same_as)) * args.seeds - len(todo), len(same_as) * args.seeds, args.jobs)
@@ -738,9 +802,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s trains exactly %s's rows with its config: copied from %s, not rerun", arm, other, other)
 
     def child(job: tuple) -> None:
-        flag = "--one" if len(job) == 2 else "--at"
-        name = "-".join(map(str, job))
-        cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), flag, *map(str, job)]
+        flag, *rest = job  # --one ARM SEED (train), --curve ARM SEED, --at ARM SEED STEP
+        name = "-".join(map(str, rest)) + ("" if flag == "--one" else f".{flag[2:]}")
+        cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), flag, *map(str, rest)]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         (out / "runs" / f"{name}.log").write_text(proc.stdout + proc.stderr)
@@ -760,10 +824,21 @@ def main(argv: list[str] | None = None) -> int:
             for arm in args.arms for seed in range(args.seeds)]
     same_as_plain = [a for a, o in same_as.items() if o == "plain"]
 
-    # Phase 2: every arm as it was at the step where plain reached 95% (from the snapshots).
-    step95, censored95 = plain95_step(runs)
-    at_todo = [(arm, seed, step95) for seed in range(args.seeds) for arm in args.arms if arm not in same_as
-               and not (out / "at" / f"{arm}-{seed}-{step95}.json").is_file()]
+    # Phase 2: every run's efficacy at every snapshot (the learning curve steps_to is read from).
+    curve_todo = [("--curve", arm, seed) for seed in range(args.seeds) for arm in args.arms
+                  if arm not in same_as and not (out / "runs" / f"{arm}-{seed}.curve.json").is_file()]
+    log.info("%d efficacy curves to compute", len(curve_todo))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(child, curve_todo))
+    for run in runs:
+        curve = json.loads((out / "runs" / f"{same_as.get(run['arm'], run['arm'])}-{run['seed']}.curve.json")
+                           .read_text())
+        run["curve"] = curve["curve"]
+
+    # Phase 3: every arm as it was at the step where plain reached 95% (from the snapshots).
+    step95, censored95 = plain95_step(runs, max(args.budgets))
+    at_todo = [("--at", arm, seed, step95) for seed in range(args.seeds) for arm in args.arms
+               if arm not in same_as and not (out / "at" / f"{arm}-{seed}-{step95}.json").is_file()]
     log.info("plain reaches 95%% at step %d%s: %d evaluations there", step95,
              " (censored: the budget)" if censored95 else "", len(at_todo))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

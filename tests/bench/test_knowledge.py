@@ -97,6 +97,14 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path):
     learned = sum(run["steps"]["2"]["efficacy"])
     assert results["summary"]["plain"]["2"]["efficacy_all"]["mean"] == pytest.approx(learned / 12)
     assert set(results["auc"]) == set(knowledge.SIGNALS)
+    # The closed-loop headline: steps to 90/95/100% (censored at the budget) and the arms at plain's 95%.
+    for arm in ("plain", "curated"):
+        assert set(results["steps_to"][arm]) == {"0.9", "0.95", "1.0"}
+        for cell in results["steps_to"][arm].values():
+            assert {"mean", "sd", "censored"} <= set(cell) and 1 <= cell["mean"] <= 2
+        assert {"mean", "sd"} <= set(results["at_plain95"][arm]["efficacy_all"])
+    assert 1 <= results["plain95"]["step"] <= 2
+    assert json.loads((out / "runs" / "plain-0.curve.json").read_text())["curve"].keys() == {"1", "2"}
     assert set(results["auc"]["drift_expected"]) == {"1", "2"}
     for png in ("learning_curves.png", "accuracy_by_quartile.png"):
         assert (out / png).stat().st_size > 10_000
@@ -107,3 +115,47 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path):
     assert (out / "runs" / "plain-0.json").stat().st_mtime_ns == before
     with pytest.raises(SystemExit, match="other settings"):
         knowledge.main([*argv[:-2], "--lr", "0.01", "--out", str(out)])
+
+
+def test_closed_loop_arms_share_plain_rows_and_differ_in_their_config():
+    facts = _facts()
+    for arm in ("plain+stop", "adaptive", "adaptive+locality", "adaptive+locality@0.3"):
+        assert knowledge.arm_rows(arm, facts) == knowledge.arm_rows("plain", facts), arm
+    assert knowledge.effective_config("adaptive") == {**knowledge.PLAIN_CONFIG, "schedule": "adaptive",
+                                                      "stop_when_learned": True}
+    assert knowledge.effective_config("adaptive+locality@0.3")["locality_weight"] == 0.3
+    # default: the curated rows with TrainConfig's own defaults for every compared key.
+    from trainer.config import TrainConfig
+
+    assert knowledge.arm_rows("default", facts) == knowledge.arm_rows("curated", facts)
+    assert knowledge.effective_config("default") == {k: TrainConfig.model_fields[k].default
+                                                     for k in knowledge.PLAIN_CONFIG}
+
+
+def test_steps_to_reads_the_trace_and_censors_at_the_budget():
+    rows = [{"step": 1, "fact_id": "a", "learned": True}, {"step": 1, "fact_id": "b", "learned": False},
+            {"step": 2, "fact_id": "b", "learned": True}, {"step": 3, "fact_id": "a", "learned": False},
+            {"step": 4, "fact_id": "a", "learned": True}]
+    share = knowledge.trace_learned_fraction(rows, requested=2, max_steps=5)
+    assert share == [0.5, 1.0, 0.5, 1.0, 1.0]  # a fact counts by its latest visit
+    assert knowledge.steps_to(share, 1.0) == (2, False)
+    # Out of 4 requested (2 filtered or rejected), 100% is never reached: censored at the budget.
+    assert knowledge.steps_to(knowledge.trace_learned_fraction(rows, 4, 5), 1.0) == (5, True)
+
+
+def test_snapshots_are_taken_at_the_step_or_the_stop(tmp_path):
+    for step in (10, 20, 27):
+        (tmp_path / f"{step}.pt").write_bytes(b"")
+    assert knowledge.snapshot_at(tmp_path, 20, 27) == (tmp_path / "20.pt", 20)
+    assert knowledge.snapshot_at(tmp_path, 40, 27) == (tmp_path / "27.pt", 27)  # evaluated as it stopped
+    with pytest.raises(FileNotFoundError, match="no snapshot at step 15"):
+        knowledge.snapshot_at(tmp_path, 15, 27)
+    with pytest.raises(FileNotFoundError, match="no snapshot at step 40"):
+        knowledge.snapshot_at(tmp_path, 40, None)  # a run that did not stop has every 10th step
+
+
+def test_curve_steps_to_takes_the_first_snapshot_and_censors_at_the_budget():
+    curve = {"10": 0.5, "20": 0.92, "30": 0.97, "40": 0.95}
+    assert knowledge.curve_steps_to(curve, 0.9, 40) == (20, False)
+    assert knowledge.curve_steps_to(curve, 0.95, 40) == (30, False)
+    assert knowledge.curve_steps_to(curve, 1.0, 40) == (40, True)
