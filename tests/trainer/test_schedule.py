@@ -29,13 +29,19 @@ def test_first_rounds_visit_every_fact_once_per_pass_like_plain_epochs() -> None
 
 
 def test_stable_facts_leave_the_pool_and_are_rehearsed_at_the_rate() -> None:
-    s = schedule(rate=0.2)
+    s = schedule(n=20, rate=0.2)
     learn(s, [0, 1, 2, 3, 4, 5])
-    order = s.round_order(0)
-    counts = Counter(order)
-    rehearsed = sum(counts[i] for i in range(6))
-    assert rehearsed == 2  # ceil(0.2 x 10) slots
-    assert all(counts[i] >= 2 for i in (6, 7, 8, 9))  # the 8 other slots go to the 4 unlearned facts
+    counts = Counter(s.round_order(0))
+    assert sum(counts[i] for i in range(6)) == 2  # ceil(0.2 x 10) slots rehearse
+    assert sum(counts[i] for i in range(6, 20)) == 8 and max(counts[i] for i in range(6, 20)) == 1
+
+
+def test_a_small_pool_takes_one_slot_each_and_rehearsal_fills_the_rest() -> None:
+    s = schedule(n=10, rate=0.2)
+    learn(s, [0, 1, 2, 3, 4, 5])
+    counts = Counter(s.round_order(0))
+    assert all(counts[i] == 1 for i in (6, 7, 8, 9))  # not hammered: once each
+    assert sum(counts[i] for i in range(6)) == 6
 
 
 def test_stability_needs_k_learned_visits_and_the_probability() -> None:
