@@ -106,3 +106,18 @@ def test_paraphrase_split_holds_at_least_one_out() -> None:
                             "paraphrases": ["p1", "p2", "p3"]}], 0.5)
     assert [(r["fact_id"], r["prompt"], r["target"], r["weight"]) for r in rows] == [
         ("f", "q", "t", 2.0), ("f#para0", "p1", "t", 2.0)]
+
+
+def test_beacon_train_refuses_a_bad_replay_file_before_loading_a_model(tiny_dataset: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    empty = tmp_path / "replay.txt"
+    empty.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "train", str(tiny_dataset), "--out",
+                           str(tmp_path / "run"), "--locality-weight", "1", "--replay", str(empty),
+                           "--max-steps", "2", "--no-progress"], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"replay file {empty} holds no prompts" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
