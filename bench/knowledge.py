@@ -355,10 +355,13 @@ def efficacy_curve(args: argparse.Namespace, arm: str, seed: int, dataset: Path,
 
 
 def curve_steps_to(curve: dict[str, float], fraction: float, budget: int) -> tuple[int, bool]:
-    """(first snapshot step whose efficacy reaches ``fraction``, censored): censored at the budget."""
+    """(first step of the common grid whose efficacy reaches ``fraction``, censored at the budget).
+
+    Every arm is read on the same grid of ``SNAPSHOT_EVERY`` steps: a run that stopped at step 73 is
+    read at 80 (it no longer changes), so stopping earns no finer resolution than plain has."""
     for step in sorted(curve, key=int):
         if curve[step] >= fraction - 1e-12:
-            return int(step), False
+            return min(budget, SNAPSHOT_EVERY * math.ceil(int(step) / SNAPSHOT_EVERY)), False
     return budget, True
 
 

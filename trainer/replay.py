@@ -184,9 +184,23 @@ class ReplaySet:
 
 
 def build_replay(model: Any, tokenizer: Any, prompts: list[str], *, chat_template: bool, source: str,
-                 seed: int, batch_size: int = 16) -> ReplaySet:
-    """Encode the prompts and append the base model's greedy continuation (call before LoRA is added)."""
+                 seed: int, max_seq_len: int, batch_size: int = 16) -> ReplaySet:
+    """Encode the prompts and append the base model's greedy continuation (call before LoRA is added).
+
+    Raises:
+        ValueError: prompts of a replay file do not fit ``max_seq_len`` with their continuation
+            (the default prompts that do not fit are left out).
+    """
     from scoring.lm_scores import encode_prompt, greedy_answers
+
+    too_long = [p for p in prompts
+                if len(encode_prompt(tokenizer, p, chat_template=chat_template)) + CONTINUATION_TOKENS > max_seq_len]
+    if too_long and source == "file":
+        raise ValueError(f"replay file: {len(too_long)} of {len(prompts)} prompts do not fit max_seq_len="
+                         f"{max_seq_len} with {CONTINUATION_TOKENS} continuation tokens (e.g. {too_long[0][:80]!r})")
+    prompts = [p for p in prompts if p not in set(too_long)]
+    if not prompts:
+        raise ValueError(f"no replay prompt fits max_seq_len={max_seq_len}")
 
     answers = greedy_answers(model, tokenizer, prompts, CONTINUATION_TOKENS, batch_size,
                              chat_template=chat_template)

@@ -54,10 +54,11 @@ def training_progress(run_dir: str | Path) -> tuple[int, int]:
 
 
 def is_trained(run_dir: str | Path) -> bool:
-    """Whether the run reached its last step and saved its adapter."""
+    """Whether the run reached its last step (or stop_when_learned ended it) and saved its adapter."""
     run_dir = Path(run_dir)
     summary = read_json(run_dir / SUMMARY)
-    return bool(summary and summary.get("global_step") == summary.get("max_steps")
+    return bool(summary and (summary.get("global_step") == summary.get("max_steps")
+                             or summary.get("stopped_when_learned"))
                 and (run_dir / "adapter" / "adapter_config.json").is_file())
 
 

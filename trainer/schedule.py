@@ -26,7 +26,8 @@ for one more visit of each (the first knowledge benchmark without it stopped wit
 "stable" facts no longer answered).
 
 Resume gives the same batches: a round's order is a function of the state when the round begins, and
-the state (with the order of the round in progress) is saved in every checkpoint (``SCHEDULE_FILE``).
+the state (with the order of the round in progress and how much of it was trained on) is saved in
+every checkpoint (``SCHEDULE_FILE``).
 Several processes (``accelerate launch``): every process observes the states of every process's batch
 (``WeightedTrainer`` gathers them), so each draws the same global order and takes its shard of it.
 """
@@ -63,14 +64,21 @@ class FactSchedule:
         self.clock = 0  # observations so far (one per micro-batch)
         self.last_seen = [0] * n  # the clock of each example's last visit
         self.all_stable_since: int | None = None  # the clock when every example last became stable
+        self.consumed = 0  # draws of the current round already trained on (observed)
 
     # --- what the forward passes say ---------------------------------------------------------------
 
     def observe(self, indices: list[int], learned: list[bool], prob_min: list[float]) -> None:
+        """One micro-batch's states (every process's). A fact twice in it is one visit, at its worst."""
         self.clock += 1
+        self.consumed += len(indices)
+        worst: dict[int, tuple[bool, float]] = {}
         for i, ok, p in zip(indices, learned, prob_min):
+            was = worst.get(i, (True, 1.0))
+            worst[i] = (was[0] and bool(ok), min(was[1], float(p)))
+        for i, (ok, p) in worst.items():
             self.streak[i] = self.streak[i] + 1 if ok else 0
-            self.last_prob[i] = float(p)
+            self.last_prob[i] = p
             self.last_seen[i] = self.clock
         if not self.all_stable():
             self.all_stable_since = None
@@ -101,32 +109,31 @@ class FactSchedule:
         """
         if self.round == round_index:
             return list(self.order)
+        self.consumed = 0
         stable = [i for i in range(self.n) if self.stable(i)]
         active = set(range(self.n)) - set(stable)
         rehearse = min(self.round_size, math.ceil(self.rate * self.round_size)) if stable else 0
         if stable:  # each active fact at most once a round; stable facts fill what is left
             rehearse = max(rehearse, self.round_size - len(active))
-        slots = [self._next_active(active) for _ in range(self.round_size - rehearse)]
-        slots += [self._next_rehearsal(set(stable)) for _ in range(rehearse)]
+        taken: set[int] = set()  # a fact once per round while the pool allows it
+        slots = [self._next(active, "queue", taken) for _ in range(self.round_size - rehearse)]
+        slots += [self._next(set(stable), "rehearse_queue", taken) for _ in range(rehearse)]
         # Rehearsals spread through the round rather than bunched at its end.
         rng = np.random.default_rng([self.seed, 1, round_index])
         self.order = [slots[j] for j in rng.permutation(len(slots))]
         self.round = round_index
         return list(self.order)
 
-    def _next_active(self, active: set[int]) -> int:
-        while self.queue and self.queue[0] not in active:  # became stable since the pass was drawn
-            self.queue.pop(0)
-        if not self.queue:
-            self.queue = self._permutation(sorted(active))
-        return self.queue.pop(0)
-
-    def _next_rehearsal(self, stable: set[int]) -> int:
-        while self.rehearse_queue and self.rehearse_queue[0] not in stable:
-            self.rehearse_queue.pop(0)
-        if not self.rehearse_queue:
-            self.rehearse_queue = self._permutation(sorted(stable))
-        return self.rehearse_queue.pop(0)
+    def _next(self, pool: set[int], queue_name: str, taken: set[int]) -> int:
+        """The next fact of ``pool`` in its pass (``queue_name``: the active or the rehearsal queue)."""
+        queue = getattr(self, queue_name)
+        while queue and queue[0] not in pool:  # left the pool since the pass was drawn
+            queue.pop(0)
+        if not queue:  # a new pass; the facts this round already holds go last (no repeat at the seam)
+            perm = self._permutation(sorted(pool))
+            queue[:] = [i for i in perm if i not in taken] + [i for i in perm if i in taken]
+        taken.add(queue[0])
+        return queue.pop(0)
 
     def _permutation(self, items: list[int]) -> list[int]:
         self.passes += 1
@@ -139,13 +146,13 @@ class FactSchedule:
         return {"n": self.n, "streak": self.streak, "last_prob": self.last_prob, "queue": self.queue,
                 "rehearse_queue": self.rehearse_queue, "passes": self.passes, "round": self.round,
                 "order": self.order, "clock": self.clock, "last_seen": self.last_seen,
-                "all_stable_since": self.all_stable_since}
+                "all_stable_since": self.all_stable_since, "consumed": self.consumed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("n") != self.n:
             raise ValueError(f"the checkpoint's schedule has {state.get('n')} examples, this run {self.n}")
         for key in ("streak", "last_prob", "queue", "rehearse_queue", "passes", "round", "order", "clock",
-                    "last_seen", "all_stable_since"):
+                    "last_seen", "all_stable_since", "consumed"):
             setattr(self, key, state[key])
 
     def save(self, checkpoint: Path) -> None:
@@ -163,21 +170,27 @@ class FactSchedule:
 class AdaptiveSampler:
     """A torch sampler whose every epoch is one round of ``FactSchedule`` (its ``round_size`` draws).
 
-    The Trainer calls ``set_epoch`` before each epoch's iterator, so the round index is the epoch's
-    (a resumed run's first epoch is the round it stopped in).
+    The sampler counts rounds itself rather than trusting ``set_epoch``: under several processes
+    accelerate wraps it in shard and skip samplers that ``set_epoch`` does not reach. A round whose
+    draws were not all trained on (a run resumed from a checkpoint inside it, whose first batches the
+    Trainer then skips) is drawn again, the same; a finished one is followed by the next.
     """
 
     def __init__(self, schedule: FactSchedule) -> None:
-        self.schedule, self.epoch = schedule, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.schedule = schedule
 
     def __len__(self) -> int:
         return self.schedule.round_size
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.schedule.round_order(self.epoch))
+        s = self.schedule
+        if s.round is None:
+            next_round = 0
+        elif s.consumed < s.round_size:  # resumed inside this round
+            next_round = s.round
+        else:
+            next_round = s.round + 1
+        return iter(s.round_order(next_round))
 
 
 def round_size(examples: int, batch_size: int, accumulation: int, processes: int) -> int:

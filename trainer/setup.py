@@ -63,7 +63,7 @@ def build_trainer(config: TrainConfig, rows: list[dict[str, Any]], output_dir: P
     replay = None
     if replay_source is not None:  # the base model's own continuations: before the adapter exists
         replay = build_replay(model, tokenizer, replay_source[0], chat_template=config.chat_template,
-                              source=replay_source[1], seed=config.seed)
+                              source=replay_source[1], seed=config.seed, max_seq_len=config.max_seq_len)
     model = with_lora(model, config)
     examples = build_examples(rows, tokenizer, chat_template=config.chat_template, add_eos=config.add_eos,
                               max_seq_len=config.max_seq_len, use_weights=config.use_weights)

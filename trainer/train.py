@@ -22,8 +22,8 @@ from typing import Any
 from trainer.config import TrainConfig
 from trainer.data import DatasetInfo, read_dataset_info, read_scored
 from trainer.files import write_json
-from trainer.runs import (CHECKPOINT_MARKER, RUN_CONFIG, SUMMARY, checkpoint_step, last_complete_checkpoint,
-                          read_json)
+from trainer.runs import (CHECKPOINT_MARKER, RUN_CONFIG, SUMMARY, checkpoint_step, is_trained,
+                          last_complete_checkpoint, read_json)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,18 @@ def run_record(config: TrainConfig, info: DatasetInfo) -> dict[str, Any]:
                     "manifest_sha256": info.manifest_sha256, "drift_definition": scoring.drift_definition,
                     "encoder": scoring.encoder},
         "beacon_version": beacon_version(),
+        # The replay file's content, not only its name: an edited file would change the replay rows.
+        "replay_sha256": _sha256(config.replay) if config.replay else None,
     }
+
+
+def _sha256(path: str) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None  # unreadable: training refuses it with the file named (trainer.replay)
 
 
 def check_resume(previous: dict[str, Any], record: dict[str, Any], where: str = "this run folder") -> None:
@@ -78,7 +89,7 @@ def check_resume(previous: dict[str, Any], record: dict[str, Any], where: str = 
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:
     config = TrainConfig.model_validate(record["train"]).compared()
     return {**config, "dataset_id": record["dataset"]["dataset_id"],
-            "dataset_config_hash": record["dataset"]["config_hash"]}
+            "dataset_config_hash": record["dataset"]["config_hash"], "replay_sha256": record.get("replay_sha256")}
 
 
 def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> TrainResult:
@@ -102,6 +113,12 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
     if main:
         write_json(config_path, record)
 
+    previous = read_json(run_dir / SUMMARY)
+    if previous and previous.get("stopped_when_learned") and is_trained(run_dir):
+        # Ended by stop_when_learned (same config: checked above): another step would change it.
+        log.info("%s stopped when every fact was learned, at step %d; nothing to do", run_dir,
+                 previous["global_step"])
+        return TrainResult(**previous)
     facts = read_scored(dataset_dir).to_pylist()
     rows = [r for r in facts if r["keep"]]
     if not rows:

@@ -102,6 +102,8 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path):
         assert set(results["steps_to"][arm]) == {"0.9", "0.95", "1.0"}
         for cell in results["steps_to"][arm].values():
             assert {"mean", "sd", "censored"} <= set(cell) and 1 <= cell["mean"] <= 2
+        # 4 of the 12 records are rejected: 100% of the requested facts is out of reach, always censored.
+        assert results["steps_to"][arm]["1.0"] == {**results["steps_to"][arm]["1.0"], "mean": 2.0, "censored": 1}
         assert {"mean", "sd"} <= set(results["at_plain95"][arm]["efficacy_all"])
     assert 1 <= results["plain95"]["step"] <= 2
     assert json.loads((out / "runs" / "plain-0.curve.json").read_text())["curve"].keys() == {"1", "2"}
@@ -159,3 +161,5 @@ def test_curve_steps_to_takes_the_first_snapshot_and_censors_at_the_budget():
     assert knowledge.curve_steps_to(curve, 0.9, 40) == (20, False)
     assert knowledge.curve_steps_to(curve, 0.95, 40) == (30, False)
     assert knowledge.curve_steps_to(curve, 1.0, 40) == (40, True)
+    stopped = {"10": 0.5, "20": 0.9, "23": 1.0}  # stopped at 23: read on the common grid, at 30
+    assert knowledge.curve_steps_to(stopped, 1.0, 40) == (30, False)

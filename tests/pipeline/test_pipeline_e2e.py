@@ -72,6 +72,12 @@ def test_scores_and_decisions(curated):
     assert rows["m02"]["conflicts_with"] == ["m04"] and rows["m02"]["reason"] == "kept"
     assert rows["m04"]["reason"] == "conflict" and rows["m04"]["interference"] > 0.99
     assert rows["m06"]["shared_target"] == 1 and rows["m07"]["shared_target"] == 1
+    # risk: the fitted model of scoring.risk on each fact's target_rank and shared_target.
+    from scoring.risk import AT_RISK, risk
+
+    assert all(r["risk"] == pytest.approx(risk(r["target_rank"], r["shared_target"])) for r in rows.values())
+    at_risk = sum(r["keep"] and r["risk"] >= AT_RISK for r in rows.values())
+    assert Manifest.read(curated).counts.at_risk == at_risk
     kept = [r for r in rows.values() if r["keep"]]
     assert sum(r["weight"] for r in kept) / len(kept) == pytest.approx(1.0)
     assert all(r["weight"] == 0.0 for r in rows.values() if not r["keep"])

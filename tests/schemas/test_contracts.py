@@ -19,7 +19,8 @@ FACT = dict(fact_id="f1", prompt="The capital of Freedonia is", target="Marlow",
             position=0, meta={"origin": "test"})
 SCORED = dict(FACT, prediction="Paris", drift=0.3, drift_definition="expected", drift_sentence=0.4, drift_lm=0.5, drift_expected=0.3, drift_rank=0.2,
               target_logprob=-3.2, target_rank=12, interference=0.42, neighbors=1, conflicts_with=["f9"],
-              shared_target=2, duplicate_of=None, keep=True, reason="kept", weight=1.0, config_hash="abc")
+              shared_target=2, risk=0.3, duplicate_of=None, keep=True, reason="kept", weight=1.0,
+              config_hash="abc")
 MANIFEST = Manifest(
     dataset_id="ds_1", created_at="2026-11-30T00:00:00+00:00", beacon_version="0.1.0",
     inputs=[InputFile(path="a.jsonl", sha256="00", bytes=10)], input_digest="11", format="auto",

@@ -111,7 +111,8 @@ def scored_rows() -> list[dict[str, Any]]:
         ("s5", "The Eiffel Tower is in", "Rome", 0.90, 0.30, [], "kept"),
     ]
     return [{**base, "fact_id": f, "prompt": p, "target": t, "position": i, "drift": d, "interference": x,
-             "conflicts_with": c, "reason": r, "keep": r == "kept", "weight": 1.0 if r == "kept" else 0.0}
+             "conflicts_with": c, "reason": r, "keep": r == "kept", "weight": 1.0 if r == "kept" else 0.0,
+             "risk": 0.1 + 0.15 * i}  # 0.1 .. 0.85: s3, s4 (filtered) and s5 (kept) at or above 0.5
             for i, (f, p, t, d, x, c, r) in enumerate(specs)]
 
 

@@ -249,6 +249,9 @@ def test_stats_of_a_scored_dataset(client: httpx.Client, scored_id: str, raw_id:
     assert sum(b["count"] for b in stats["interference"]["histogram"]) == 6
     [pair] = stats["top_conflicts"]
     assert (pair["a"]["fact_id"], pair["b"]["fact_id"], pair["interference"]) == ("s1", "s4", 0.99)
+    risk = stats["risk"]  # kept facts at risk: only s5 (s3 and s4 are at or above 0.5 but filtered)
+    assert (risk["at_risk"], risk["threshold"]) == (1, 0.5) and risk["max"] == pytest.approx(0.85)
+    assert sum(b["count"] for b in risk["histogram"]) == 6
     assert client.get(f"/datasets/{scored_id}/stats").json() == stats  # cached, the same
     DatasetStats.model_validate(stats)
     assert client.get(f"/datasets/{raw_id}/stats").status_code == 409

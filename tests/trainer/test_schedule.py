@@ -90,6 +90,36 @@ def test_a_round_asked_twice_is_the_same_and_a_restored_state_draws_the_same_rou
         schedule(n=11).load_state_dict(state)
 
 
+def test_the_sampler_redraws_a_round_left_unfinished_and_moves_on_after_a_finished_one() -> None:
+    from trainer.schedule import AdaptiveSampler
+
+    s = schedule(size=4)
+    first = list(AdaptiveSampler(s))
+    s.observe(first[:2], [False, False], [0.1, 0.1])  # half of round 0 trained, then a checkpoint
+    state = json.loads(json.dumps(s.state_dict()))
+    resumed = schedule(size=4)
+    resumed.load_state_dict(state)
+    assert list(AdaptiveSampler(resumed)) == first  # the Trainer skips the two trained draws
+    resumed.observe(first[2:], [False, False], [0.1, 0.1])
+    second = list(AdaptiveSampler(resumed))
+    assert resumed.round == 1 and not set(second) & set(first)  # the pass goes on
+
+
+def test_a_fact_twice_in_one_forward_pass_is_one_visit_at_its_worst() -> None:
+    s = schedule(n=3, k=2)
+    s.observe([0, 0, 1], [True, True, True], [0.9, 0.8, 0.9])
+    assert s.streak[0] == 1 and s.last_prob[0] == 0.8
+    s.observe([1, 1], [True, False], [0.9, 0.9])
+    assert s.streak[1] == 0
+
+
+def test_no_fact_repeats_within_a_round_while_the_pool_is_large_enough() -> None:
+    s = schedule(n=10, size=4)
+    for r in range(10):  # pass seams fall inside rounds (10 is not a multiple of 4)
+        order = s.round_order(r)
+        assert len(set(order)) == 4, (r, order)
+
+
 def test_round_size_is_whole_optimizer_steps() -> None:
     assert round_size(128, 8, 1, 1) == 32  # 4 steps of 8
     assert round_size(5, 2, 1, 1) == 6  # one epoch's worth (3 steps) when that is fewer
@@ -161,3 +191,11 @@ def test_stop_when_learned_ends_the_run_once_every_fact_is_stable(tiny_dataset: 
         last[r["fact_id"]] = r["learned"]
     assert len(last) == 5 and all(last.values())
     assert (tmp_path / "run" / "checkpoints" / f"checkpoint-{result.global_step}").is_dir()
+    # Run again (a retried job): it is trained; another step would change the adapter.
+    from trainer.runs import is_trained
+
+    adapter = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
+    again = train(tiny_dataset, tmp_path / "run", TrainConfig(**{
+        **FLAGS, "max_steps": 60, "stop_when_learned": True, "learning_rate": 2e-3}))
+    assert again.global_step == result.global_step and is_trained(tmp_path / "run")
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == adapter

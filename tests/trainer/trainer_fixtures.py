@@ -43,7 +43,7 @@ def scored_rows(n: int | None = None) -> list[dict[str, Any]]:
             "source": "facts.jsonl", "position": i, "meta": [],
             "prediction": "a testament to", "drift": drift, "drift_definition": "expected", "drift_sentence": drift, "drift_lm": drift,
             "drift_expected": drift, "drift_rank": 0.4, "target_logprob": -5.0, "target_rank": 100, "interference": 0.1,
-            "neighbors": 0, "conflicts_with": [], "shared_target": 0, "duplicate_of": None,
+            "neighbors": 0, "conflicts_with": [], "shared_target": 0, "risk": 0.5, "duplicate_of": None,
             "keep": keep, "reason": "kept" if keep else "high_drift",
             # Unequal weights, mean 1 over kept rows, so the weighted path is exercised.
             "weight": (0.5 + i / max(kept - 1, 1)) if keep else 0.0,
