@@ -85,7 +85,8 @@ def build_scored(folder: Path, rows: int, seed: int = 0) -> float:
         "drift_rank": np.clip(drift / 2, 0, 1), "target_logprob": -3 * drift,
         "target_rank": rng.integers(1, 1000, rows), "interference": interference,
         "neighbors": rng.integers(0, 5, rows), "conflicts_with": conflicts,
-        "shared_target": rng.integers(0, 10, rows), "duplicate_of": [None] * rows, "keep": keep,
+        "shared_target": rng.integers(0, 10, rows), "risk": rng.random(rows), "duplicate_of": [None] * rows,
+        "keep": keep,
         "reason": reason, "weight": keep.astype(float), "config_hash": ["0" * 16] * rows,
     }
     table = pa.Table.from_pydict({f.name: columns[f.name] for f in SCORED_SCHEMA}, schema=SCORED_SCHEMA)

@@ -125,14 +125,15 @@ def run_paired(args: argparse.Namespace) -> dict:
     from trainer.loss import weighted_loss
     from trainer.trace import fact_states
 
+    # locality_weight: the setup builds the replay rows; only the "locality" arm's step uses them.
     config = TrainConfig(max_steps=args.steps, epochs=None, batch_size=args.batch_size, seed=args.seed,
-                         model=BASE_MODEL, chat_template=False)
+                         model=BASE_MODEL, chat_template=False, locality_weight=1.0)
     with tempfile.TemporaryDirectory() as tmp:  # the Trainer's output folder; nothing is saved there
         setup = lora_setup(args, config, Path(tmp))
     model, tokenizer, examples = setup.model, setup.tokenizer, setup.examples
     plain_collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     weighted_collate = WeightedCollator(tokenizer.pad_token_id)
-    times: dict[str, list[float]] = {"plain": [], "weighted": [], "semantic": [], "traced": []}
+    times: dict[str, list[float]] = {"plain": [], "weighted": [], "semantic": [], "traced": [], "locality": []}
     embeddings = model.get_input_embeddings().weight
 
     def plain_step(chunk: list) -> None:
@@ -148,9 +149,16 @@ def run_paired(args: argparse.Namespace) -> dict:
         if trace:  # what WeightedTrainer adds per micro-batch when beacon train keeps its trace
             fact_states(logits, batch["labels"], embeddings, last_is_eos=True)
 
+    def locality_step(chunk: list) -> None:
+        # The product's own loss path: facts + replay rows in one forward, the base distribution of the
+        # replay rows with the adapter disabled, the KL term (WeightedTrainer.compute_loss).
+        batch = weighted_collate([{"input_ids": e.input_ids, "labels": e.labels, "weight": e.weight}
+                                  for e in chunk])
+        setup.trainer.compute_loss(model, batch).backward()
+
     steps = {"plain": plain_step, "weighted": weighted_step,
              "semantic": lambda chunk: weighted_step(chunk, semantic_weight=0.1),
-             "traced": lambda chunk: weighted_step(chunk, trace=True)}
+             "traced": lambda chunk: weighted_step(chunk, trace=True), "locality": locality_step}
     order = list(steps)
     bs = config.batch_size
     for i in range(args.steps):
@@ -167,6 +175,8 @@ def run_paired(args: argparse.Namespace) -> dict:
     return {"median_step_seconds": median, "weighted_vs_plain_speed": median["plain"] / median["weighted"],
             "semantic_vs_plain_speed": median["plain"] / median["semantic"],
             "traced_vs_weighted_speed": median["weighted"] / median["traced"],
+            "locality_vs_weighted_speed": median["weighted"] / median["locality"],
+            "replay_batch_size": config.replay_batch_size,
             "pairs": len(times["plain"]), "torch_threads": torch.get_num_threads()}
 
 
@@ -253,7 +263,10 @@ def markdown(result: dict) -> str:
                      f"{1000 * q['median_step_seconds']['semantic']:.0f} ms per step (median): weighted at "
                      f"{q['weighted_vs_plain_speed']:.3f}x, semantic at {q['semantic_vs_plain_speed']:.3f}x "
                      f"the plain speed; weighted + trace {1000 * q['median_step_seconds']['traced']:.0f} ms: "
-                     f"the trace costs {100 * (1 / q['traced_vs_weighted_speed'] - 1):.1f}% of a weighted step")
+                     f"the trace costs {100 * (1 / q['traced_vs_weighted_speed'] - 1):.1f}% of a weighted step; "
+                     f"with the locality term ({q['replay_batch_size']} replay rows) "
+                     f"{1000 * q['median_step_seconds']['locality']:.0f} ms: "
+                     f"{1 / q['locality_vs_weighted_speed']:.2f}x a weighted step")
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from pipeline.config import CurateConfig
 from pipeline.quantiles import summary
 from pipeline.inputs import InputSpec
 from schemas import Counts, Manifest
+from scoring.risk import AT_RISK
 from schemas.manifest import MANIFEST_FILE, InputFile
 
 
@@ -54,7 +55,7 @@ def dataset_id(input_digest: str, config_hash: str) -> str:
 
 
 def build_manifest(identity: Identity, *, read: int, reasons: list, stages: list, quantiles: list,
-                   thresholds: list) -> Manifest:
+                   thresholds: list, at_risk: int = 0) -> Manifest:
     """The manifest from the graph's counts; raises RuntimeError if a record was lost on the way."""
     from scoring.models import beacon_version, model_ref
 
@@ -72,7 +73,7 @@ def build_manifest(identity: Identity, *, read: int, reasons: list, stages: list
         input_digest=identity.input_digest,
         format=config.format,
         counts=Counts(input=read, scored=scored, rejected=rejected, kept=by_reason.get("kept", 0),
-                      by_reason=by_reason),
+                      by_reason=by_reason, at_risk=at_risk),
         rejected_by_stage=rejected_by_stage,
         quantiles={name: summary(points) for name, points in sorted(quantiles) if points},
         thresholds={k: v for t in thresholds for k, v in t.items() if v is not None},
@@ -84,9 +85,9 @@ def build_manifest(identity: Identity, *, read: int, reasons: list, stages: list
 
 
 def _write(path: str, identity: Identity, read: int, reasons: list, stages: list, quantiles: list,
-           thresholds: list) -> None:
+           thresholds: list, at_risk: int) -> None:
     manifest = build_manifest(identity, read=read, reasons=reasons, stages=stages, quantiles=quantiles,
-                              thresholds=thresholds)
+                              thresholds=thresholds, at_risk=at_risk)
     with FileSystems.create(path) as f:
         f.write(manifest.model_dump_json(indent=2).encode())
 
@@ -107,6 +108,8 @@ class WriteManifest(beam.PTransform):
                    | "CountReasons" >> count.PerElement())
         stages = (inputs["rejected"] | "Stage" >> beam.Map(lambda r: r["stage"])
                   | "CountStages" >> count.PerElement())
+        at_risk = (inputs["scored"] | "AtRisk" >> beam.Filter(lambda r: r["keep"] and r["risk"] >= AT_RISK)
+                   | "CountAtRisk" >> count.Globally())
         identity = self._identity
         return (
             read.pipeline
@@ -114,7 +117,7 @@ class WriteManifest(beam.PTransform):
             | "Write" >> beam.Map(
                 _write, identity, beam.pvalue.AsSingleton(read), beam.pvalue.AsList(reasons),
                 beam.pvalue.AsList(stages), beam.pvalue.AsList(inputs["quantiles"]),
-                beam.pvalue.AsList(inputs["thresholds"])))
+                beam.pvalue.AsList(inputs["thresholds"]), beam.pvalue.AsSingleton(at_risk)))
 
 
 def commit(staging: Path, out: Path, timings: dict[str, float]) -> Manifest:

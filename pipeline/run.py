@@ -36,13 +36,14 @@ from pipeline.read_facts import ReadFacts
 from pipeline.text import normalize_text
 from pipeline.write import WriteScored
 from schemas import Manifest
+from scoring.risk import risk
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNNER = "FnApiRunner"
 _INTERNAL = ("emb_prompt", "emb_target", "emb_answer", "answer_empty", "conflict_with_earlier", "order")
 # Scores whose distribution the manifest records; all but weight exist before the policy decides.
 SCORES_BEFORE_POLICY = ("drift", "drift_sentence", "drift_lm", "drift_expected", "drift_rank",
-                        "target_logprob", "target_rank", "interference", "neighbors", "shared_target")
+                        "target_logprob", "target_rank", "interference", "neighbors", "shared_target", "risk")
 
 
 def _order(spec_index: dict[str, int], fact: dict) -> int:
@@ -58,6 +59,7 @@ def _merge(key: str, grouped: dict, config_hash: str) -> tuple[str, dict]:
     fact = dict(grouped["fact"][0])
     fact.update(grouped["interference"][0])
     fact.update(grouped["collisions"][0])
+    fact["risk"] = risk(fact["target_rank"], fact["shared_target"])
     fact["config_hash"] = config_hash
     return key, fact
 

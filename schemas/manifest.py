@@ -40,6 +40,8 @@ class Counts(BaseModel):
     rejected: int
     kept: int
     by_reason: dict[str, int] = Field(default_factory=dict)
+    at_risk: int = Field(0, ge=0, description="Kept facts whose ``risk`` is at least scoring.risk.AT_RISK "
+                                              "(likely not learned at the mid budget).")
 
 
 class ModelRef(BaseModel):

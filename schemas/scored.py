@@ -31,6 +31,7 @@ SCORED_FIELDS: list[pa.Field] = FACT_FIELDS + [
     pa.field("neighbors", pa.int64(), nullable=False),
     pa.field("conflicts_with", pa.list_(pa.string()), nullable=False),
     pa.field("shared_target", pa.int64(), nullable=False),
+    pa.field("risk", pa.float64(), nullable=False),
     pa.field("duplicate_of", pa.string()),
     pa.field("keep", pa.bool_(), nullable=False),
     pa.field("reason", pa.string(), nullable=False),
@@ -60,6 +61,8 @@ class ScoredFact(Fact):
     conflicts_with: list[str] = Field(
         default_factory=list, description="fact_ids asking the same question with another answer.")
     shared_target: int = Field(ge=0, description="How many other facts have the same (normalised) target.")
+    risk: float = Field(ge=0.0, le=1.0, description="P(not learned by plain LoRA at a budget where most facts "
+                                                    "are), from target_rank and shared_target (scoring.risk).")
     duplicate_of: str | None = Field(None, description="fact_id of the earlier identical fact, if any.")
     keep: bool
     reason: Reason

@@ -28,7 +28,7 @@ from service.jsonsafe import dumps
 
 HISTOGRAM_BINS = 20
 TOP_CONFLICTS = 20
-STATS_VERSION = 2  # v2: quantiles from the manifest, DuckDB's histogram, the drift definition named
+STATS_VERSION = 3  # v2: quantiles from the manifest, DuckDB's histogram, the drift definition named; v3: risk
 
 
 class DatasetUnreadable(ValueError):
@@ -174,7 +174,7 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
     Quantiles are the manifest's (computed once, in the pipeline); the rest is DuckDB over the Parquet.
 
     A scored dataset never changes once written, so stats are computed once per file signature and
-    kept in memory and beside the data (``.stats-v2.json``), where other processes find them: the
+    kept in memory and beside the data (``.stats-v<STATS_VERSION>.json``), where other processes find them: the
     worker computes them right after curation, the API reads them.
     """
     signature = files.signature()
@@ -191,8 +191,9 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
     stats = compute_stats(files, threads=threads)
     manifest = read_manifest(layout, dataset)
     quantiles = manifest.quantiles if manifest else {}
-    for score in ("drift", "interference"):
-        stats[score]["quantiles"] = quantiles.get(score, {})
+    for score in ("drift", "interference", "risk"):
+        if stats.get(score) is not None:
+            stats[score]["quantiles"] = quantiles.get(score, {})
     # The manifest says which definition `drift` holds, for datasets curated before the column too.
     stats["drift"]["definition"] = (manifest.scoring if manifest else ScoringSpec()).drift_definition
     stats["manifest"] = manifest.model_dump(include={"dataset_id", "created_at", "counts", "rejected_by_stage",
@@ -269,6 +270,7 @@ def _stats(con, *, rejected: int) -> dict[str, Any]:
     ).fetchall()}
     return {
         "rows": rows,
+        "risk": _risk(con),
         "counts": {"scored": rows, "kept": kept, "rejected": rejected,
                    "by_reason": {r: v["n"] for r, v in by_reason.items()}, "with_conflicts": conflicted},
         "by_reason": by_reason,
@@ -278,6 +280,19 @@ def _stats(con, *, rejected: int) -> dict[str, Any]:
                          "histogram": _histogram(con, "interference", i_lo, i_hi)},
         "top_conflicts": _top_conflicts(con) if conflicted else [],
     }
+
+
+def _risk(con) -> dict[str, Any] | None:
+    """How many kept facts are at risk of not being learned (None: a dataset curated before ``risk``)."""
+    from scoring.risk import AT_RISK
+
+    if "risk" not in {row[0] for row in con.execute("DESCRIBE scored").fetchall()}:
+        return None
+    lo, hi, mean, at_risk = con.execute(
+        "SELECT min(risk), max(risk), avg(risk), count(*) FILTER (WHERE keep AND risk >= $cut) FROM scored",
+        {"cut": AT_RISK}).fetchone()
+    return {"threshold": AT_RISK, "at_risk": at_risk, "min": lo, "max": hi, "mean": mean,
+            "histogram": _histogram(con, "risk", lo, hi)}
 
 
 def _histogram(con, column: str, lo: float | None, hi: float | None) -> list[dict]:

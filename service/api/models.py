@@ -136,6 +136,11 @@ class DriftSummary(ScoreSummary):
     definition: DriftDefinition = Field(description="Which drift definition the dataset's `drift` holds.")
 
 
+class RiskSummary(ScoreSummary):
+    threshold: float = Field(description="risk at or above this counts as at risk (scoring.risk.AT_RISK).")
+    at_risk: int = Field(description="Kept facts at risk of not being learned by the mid budget.")
+
+
 class ConflictEnd(BaseModel):
     fact_id: str
     prompt: str | None
@@ -158,6 +163,7 @@ class DatasetStats(BaseModel):
         description="reason -> n, drift_mean, interference_mean.")
     drift: DriftSummary
     interference: ScoreSummary
+    risk: RiskSummary | None = Field(description="The risk column (None: curated before it existed).")
     top_conflicts: list[ConflictPair] = Field(description="The 20 conflict pairs with the closest prompts.")
     manifest: dict[str, Any] | None = Field(description="Counts, thresholds and ids from manifest.json.")
     signature: str = Field(description="Changes when the dataset's files change.")

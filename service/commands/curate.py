@@ -48,4 +48,9 @@ def print_summary(manifest, out: str) -> None:
     if q:
         print(f"  drift ({manifest.config['drift_definition']}): median {q.get('q0.5', float('nan')):.3f}"
               f"  p90 {q.get('q0.9', float('nan')):.3f}")
+    if c.kept:
+        from scoring.risk import AT_RISK
+
+        print(f"  at risk: {c.at_risk} of {c.kept} kept facts (risk >= {AT_RISK}: likely not learned by the "
+              "budget where most are; see the risk column)")
     print(f"  took {manifest.timings.get('total', 0):.1f}s  ->  {out}/manifest.json")
