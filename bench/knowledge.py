@@ -517,6 +517,54 @@ def plain95_step(runs: list[dict], budget: int) -> tuple[int, bool]:
     return min(budget, SNAPSHOT_EVERY * math.ceil(step / SNAPSHOT_EVERY)), any(c for _, c in found)
 
 
+# The trade-off an arm must not lose beyond seed noise to dominate plain: +1 = higher is better.
+DOMINANCE = {"steps_to_0.95": -1, "efficacy_all": 1, "paraphrase": 1, "locality": 1, "locality_bleed": -1}
+
+
+def dominance(runs: list[dict], at: list[dict], facts: list[dict],
+              args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Paired by seed, arm - plain: steps to 95% (efficacy curve) and every metric at plain's 95% step.
+
+    An arm *dominates* plain when no difference is worse beyond seed noise (|mean| > 2 sd / sqrt(seeds),
+    the wrong way) and at least one is better beyond it.
+    """
+    fact_ids = [f["fact_id"] for f in facts]
+    budget = max(args.budgets)
+
+    def per_seed(arm: str) -> dict[int, dict[str, float | None]]:
+        out = {}
+        for run in (r for r in runs if r["arm"] == arm):
+            record = next(a for a in at if a["arm"] == arm and a["seed"] == run["seed"])
+            metrics = per_run_metrics({"steps": {"at": record}, "trained_ids": run["trained_ids"]}, "at",
+                                      fact_ids, args.n)
+            out[run["seed"]] = {"steps_to_0.95": float(curve_steps_to(run["curve"], 0.95, budget)[0]),
+                                **{m: metrics[m] for m in DOMINANCE if m in metrics}}
+        return out
+
+    plain = per_seed("plain")
+    diffs: dict[str, Any] = {}
+    verdict: dict[str, dict[str, Any]] = {}
+    for arm in args.arms:
+        if arm == "plain":
+            continue
+        mine = per_seed(arm)
+        seeds = sorted(set(mine) & set(plain))
+        diffs[arm] = {m: mean_sd([None if mine[s][m] is None or plain[s][m] is None else mine[s][m] - plain[s][m]
+                                  for s in seeds]) for m in DOMINANCE}
+        better, worse = [], []
+        for m, sign in DOMINANCE.items():
+            d = diffs[arm][m]
+            if d["mean"] is None or d["n"] < 2:
+                continue
+            noise = 2 * d["sd"] / math.sqrt(d["n"])
+            if sign * d["mean"] > noise:
+                better.append(m)
+            elif sign * d["mean"] < -noise:
+                worse.append(m)
+        verdict[arm] = {"better": better, "worse": worse, "dominates": bool(better) and not worse}
+    return diffs, verdict
+
+
 def closed_loop(runs: list[dict], at: list[dict], facts: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     """``steps_to[arm][fraction]`` (mean, sd, censored runs) and ``at_plain95[arm][metric]`` (mean, sd)."""
     fact_ids = [f["fact_id"] for f in facts]
@@ -546,6 +594,7 @@ def closed_loop(runs: list[dict], at: list[dict], facts: list[dict], args: argpa
                 for a in records]
             out["at_plain95"][arm] = {m: mean_sd([x[m] for x in metrics]) for m in metrics[0]}
             out["at_plain95"][arm]["evaluated_at_step"] = mean_sd([float(a["snapshot_step"]) for a in records])
+    out["vs_plain"], out["dominates_plain"] = dominance(runs, at, facts, args)
     # Override facts: the base model already answers the record's ground_truth (the edit must replace
     # a known answer, not fill a gap). Too few in a CounterFact sample for a regime of their own.
     from trainer.metrics import starts_with_target
@@ -691,6 +740,16 @@ def report(results: dict, args: argparse.Namespace) -> str:
         for arm, ms in loop["at_plain95"].items():
             lines.append(f"| {arm} | {cell(ms['efficacy_all'])} | {cell(ms['paraphrase'])} | "
                          f"{cell(ms['locality'])} | {cell(ms['locality_bleed'])} | {cell(ms['pushed_away'])} |")
+        lines += ["", "**Against plain, paired by seed, at plain's 95% step** (arm − plain; steps in steps, the rest "
+                  "in points; beyond seed noise = |mean| > 2 sd/√seeds):", "",
+                  "| arm | steps to 95% | efficacy_all | paraphrase | locality | bleed | dominates plain? |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm, ms in loop["vs_plain"].items():
+            v = loop["dominates_plain"][arm]
+            why = "yes" if v["dominates"] else (f"no (worse: {', '.join(v['worse'])})" if v["worse"]
+                                                else "no (better in nothing beyond noise)")
+            lines.append(f"| {arm} | {cell(ms['steps_to_0.95'], 1.0)} | {cell(ms['efficacy_all'])} | "
+                         f"{cell(ms['paraphrase'])} | {cell(ms['locality'])} | {cell(ms['locality_bleed'])} | {why} |")
         ov = loop["override"]
         lines += ["", f"**Override facts** (the base model already answers the record's ground truth): "
                   f"{ov['facts']} in the sample; their efficacy at plain's 95% step: "
