@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.beacon-setup
 
-.PHONY: setup run test bench bench-knowledge clean
+.PHONY: setup run test bench bench-knowledge bench-closed-loop clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ bench: setup
 bench-knowledge: setup
 	$(PY) bench/knowledge.py --data ../shared/data/counterfact-val.json --n 128 --budgets 40,60,80,100 \
 		--seeds 3 --jobs 2 --model bundled:smollm2-135m-instruct --out bench/results/knowledge-smollm2
+
+# The closed loop against plain LoRA (BENCHMARKS.md, "Closed-loop training"): ~85 min on 2 CPU cores.
+bench-closed-loop: setup
+	$(PY) bench/knowledge.py --data ../shared/data/counterfact-val.json --n 128 --budgets 40,80,120,160 \
+		--seeds 3 --jobs 2 --arms plain,plain+stop,adaptive,adaptive+locality@0.3,adaptive+locality,default \
+		--out bench/results/closed-loop-smollm2
 
 clean:
 	rm -rf out bench/results .pytest_cache
