@@ -308,6 +308,16 @@ def save_snapshot(model: Any, path: Path) -> None:
     torch.save({k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}, path)
 
 
+def load_snapshot(model: Any, path: Path) -> None:
+    """Put a ``save_snapshot`` file's LoRA weights into ``model`` (a fresh ``with_lora`` one), for evaluation."""
+    import torch
+
+    result = model.load_state_dict(torch.load(path), strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{path} holds weights this model has not: {result.unexpected_keys[:3]}")
+    model.eval()
+
+
 def snapshot_at(snapshots: Path, step: int, stopped_at: int | None) -> tuple[Path, int]:
     """The LoRA weights a run had at ``step``: that step's snapshot, or its last if it stopped before."""
     taken = sorted(int(p.stem) for p in snapshots.glob("*.pt"))
@@ -340,10 +350,7 @@ def efficacy_curve(args: argparse.Namespace, arm: str, seed: int, dataset: Path,
     snapshots = out / "snapshots" / f"{arm}-{seed}"
     curve, per_fact = {}, {}  # step -> share of the requested facts; step -> each fact's efficacy
     for step in sorted(int(p.stem) for p in snapshots.glob("*.pt")):
-        result = model.load_state_dict(torch.load(snapshots / f"{step}.pt"), strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"{snapshots}/{step}.pt holds weights this model has not")
-        model.eval()
+        load_snapshot(model, snapshots / f"{step}.pt")
         ids = greedy_answers(model, tokenizer, plan.prompts, plan.budget, plan.config.batch_size,
                              chat_template=plan.chat)
         hits = [starts_with_target(decode_answer(tokenizer, a[:b]), t) and f["fact_id"] in trained
@@ -406,10 +413,7 @@ def evaluate_at(args: argparse.Namespace, arm: str, seed: int, step: int, datase
     run = json.loads((out / "runs" / f"{arm}-{seed}.json").read_text())
     snapshot, taken = snapshot_at(out / "snapshots" / f"{arm}-{seed}", step, run.get("stopped_at"))
     model = with_lora(model, TrainConfig(lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank))
-    missing = model.load_state_dict(torch.load(snapshot), strict=False)
-    if missing.unexpected_keys:
-        raise ValueError(f"{snapshot} holds weights this model has not: {missing.unexpected_keys[:3]}")
-    model.eval()
+    load_snapshot(model, snapshot)
     record = {"arm": arm, "seed": seed, "step": step, "snapshot_step": taken,
               **eval_record(score_after(model, tokenizer, plan, base), plan)}
     path.write_text(json.dumps(record))

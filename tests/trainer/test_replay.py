@@ -52,30 +52,25 @@ def test_replay_is_disjoint_from_the_evaluation_on_the_benchmark_data() -> None:
 
 
 def test_replay_file_errors_name_the_file_and_the_count(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n  \n")
-    with pytest.raises(ValueError, match=r"empty.txt holds no prompts"):
-        replay_prompts(FACTS, FACTS, path=str(empty), seed=0)
-    with pytest.raises(ValueError, match=r"missing.txt cannot be read"):
-        replay_prompts(FACTS, FACTS, path=str(tmp_path / "missing.txt"), seed=0)
-    binary = tmp_path / "binary.txt"
-    binary.write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(ValueError, match=r"binary.txt cannot be read"):
-        replay_prompts(FACTS, FACTS, path=str(binary), seed=0)
-    taught = tmp_path / "taught.txt"
-    taught.write_text("The weather is\nToyota Prius is produced by\nthe mother tongue of  danielle darrieux is\n")
-    with pytest.raises(ValueError, match=r"taught.txt: 2 of 3 prompts are prompts of the dataset's facts"):
-        replay_prompts(FACTS, FACTS, path=str(taught), seed=0)
-    evaluated = tmp_path / "evaluated.jsonl"
-    evaluated.write_text(json.dumps({"prompt": "The iPhone is produced by"}) + "\n"
-                         + json.dumps({"prompt": "My favourite colour is"}) + "\n")
-    with pytest.raises(ValueError, match=r"evaluated.jsonl: 1 of 2 prompts are the dataset's paraphrase or "
-                                         r"locality prompts"):
-        replay_prompts(FACTS, FACTS, path=str(evaluated), seed=0)
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "no prompt key"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl line 1: expected an object with a text 'prompt'"):
-        replay_prompts(FACTS, FACTS, path=str(bad), seed=0)
+    cases = [  # file name, content (None: no file), the error it gets
+        ("empty.txt", "\n  \n", r"empty.txt holds no prompts"),
+        ("missing.txt", None, r"missing.txt cannot be read"),
+        ("binary.txt", b"\xff\xfe\x00bad", r"binary.txt cannot be read"),
+        ("taught.txt", "The weather is\nToyota Prius is produced by\nthe mother tongue of  danielle darrieux is\n",
+         r"taught.txt: 2 of 3 prompts are prompts of the dataset's facts"),
+        ("evaluated.jsonl", json.dumps({"prompt": "The iPhone is produced by"}) + "\n"
+         + json.dumps({"prompt": "My favourite colour is"}) + "\n",
+         r"evaluated.jsonl: 1 of 2 prompts are the dataset's paraphrase or locality prompts"),
+        ("bad.jsonl", '{"text": "no prompt key"}\n', r"bad.jsonl line 1: expected an object with a text 'prompt'"),
+    ]
+    for name, content, error in cases:
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is not None:
+            path.write_text(content)
+        with pytest.raises(ValueError, match=error):
+            replay_prompts(FACTS, FACTS, path=str(path), seed=0)
     good = tmp_path / "good.txt"
     good.write_text("The weather today is\nMy favourite colour is\n")
     assert replay_prompts(FACTS, FACTS, path=str(good), seed=0) == (
