@@ -240,13 +240,14 @@ def test_stats_of_a_dataset_curated_before_drift_definition_was_a_column(service
     src, dst = service.data_dir / "datasets" / scored_id, service.data_dir / "datasets" / old_id
     (dst / "scored").mkdir(parents=True)
     table = pq.read_table(src / "scored" / "part-0.parquet")
-    pq.write_table(table.drop_columns(["drift_definition"]), dst / "scored" / "part-0.parquet")
+    pq.write_table(table.drop_columns(["drift_definition", "risk"]), dst / "scored" / "part-0.parquet")
     (dst / "manifest.json").write_bytes((src / "manifest.json").read_bytes())
     Store(service.data_dir / "beacon.db").insert_dataset(id=old_id, kind="scored", name="old", format="parquet",
                                                          path=f"datasets/{old_id}", rows=table.num_rows)
     r = client.get(f"/datasets/{old_id}/stats")
     assert r.status_code == 200, r.text
     assert r.json()["drift"]["definition"] == "expected"  # from the manifest
+    assert r.json()["risk"] is None  # curated before the risk column: said, not a 500
 
 
 def test_stats_of_a_dataset_whose_parquet_is_damaged_is_409(service, client):
