@@ -65,6 +65,7 @@ class FactSchedule:
         self.last_seen = [0] * n  # the clock of each example's last visit
         self.all_stable_since: int | None = None  # the clock when every example last became stable
         self.consumed = 0  # draws of the current round already trained on (observed)
+        self._recount()
 
     # --- what the forward passes say ---------------------------------------------------------------
 
@@ -77,27 +78,37 @@ class FactSchedule:
             was = worst.get(i, (True, 1.0))
             worst[i] = (was[0] and bool(ok), min(was[1], float(p)))
         for i, (ok, p) in worst.items():
+            was_stable, seen_before = self.stable(i), self._seen_since_stable(i)
             self.streak[i] = self.streak[i] + 1 if ok else 0
             self.last_prob[i] = p
             self.last_seen[i] = self.clock
+            self._stable_n += self.stable(i) - was_stable
+            self._seen_n += self._seen_since_stable(i) - seen_before
         if not self.all_stable():
             self.all_stable_since = None
         elif self.all_stable_since is None:
-            self.all_stable_since = self.clock
+            self.all_stable_since, self._seen_n = self.clock, 0  # every last visit is at or before it
+
+    def _seen_since_stable(self, i: int) -> bool:
+        return self.all_stable_since is not None and self.last_seen[i] > self.all_stable_since
+
+    def _recount(self) -> None:
+        """The counts behind all_stable / confirmed (kept up to date by observe: O(batch), not O(facts))."""
+        self._stable_n = sum(self.stable(i) for i in range(self.n))
+        self._seen_n = sum(self._seen_since_stable(i) for i in range(self.n))
 
     def confirmed(self) -> bool:
         """Every example stable, and each visited again (still stable) since the last became stable."""
-        return (self.all_stable_since is not None
-                and all(seen > self.all_stable_since for seen in self.last_seen))
+        return self.all_stable_since is not None and self._seen_n == self.n
 
     def stable(self, i: int) -> bool:
         return self.streak[i] >= self.k and self.last_prob[i] >= self.tau
 
     def stable_count(self) -> int:
-        return sum(self.stable(i) for i in range(self.n))
+        return self._stable_n
 
     def all_stable(self) -> bool:
-        return all(self.stable(i) for i in range(self.n))
+        return self._stable_n == self.n
 
     # --- what the next round holds (adaptive) ------------------------------------------------------
 
@@ -154,6 +165,7 @@ class FactSchedule:
         for key in ("streak", "last_prob", "queue", "rehearse_queue", "passes", "round", "order", "clock",
                     "last_seen", "all_stable_since", "consumed"):
             setattr(self, key, state[key])
+        self._recount()
 
     def save(self, checkpoint: Path) -> None:
         from trainer.files import write_json

@@ -199,3 +199,18 @@ def test_stop_when_learned_ends_the_run_once_every_fact_is_stable(tiny_dataset: 
         **FLAGS, "max_steps": 60, "stop_when_learned": True, "learning_rate": 2e-3}))
     assert again.global_step == result.global_step and is_trained(tmp_path / "run")
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+
+
+def test_the_running_counts_agree_with_a_recount_over_every_fact() -> None:
+    import random
+
+    rng = random.Random(0)
+    s = schedule(n=6, k=2)
+    for _ in range(300):
+        batch = [rng.randrange(6) for _ in range(3)]
+        s.observe(batch, [rng.random() < 0.8 for _ in batch], [rng.random() for _ in batch])
+        stable_n, seen_n = s._stable_n, s._seen_n
+        s._recount()
+        assert (s._stable_n, s._seen_n if s.all_stable_since is not None else 0) == (
+            stable_n, seen_n if s.all_stable_since is not None else 0)
+    assert s.confirmed() == (s.all_stable() and all(t > s.all_stable_since for t in s.last_seen))
