@@ -25,7 +25,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from pipeline.config import CurateConfig
-from schemas.fact import Fact
+from schemas.fact import Fact, meta_dict
 
 LAYOUTS = ("plain", "counterfact", "rome", "zsre")
 
@@ -324,8 +324,7 @@ def _meta_dict(value: Any) -> Any:
     value = _maybe_json("meta", value, "{")
     if value is None:
         return {}
-    if isinstance(value, list) and all(isinstance(i, (list, tuple)) and len(i) == 2 for i in value):
-        value = dict(value)  # a Parquet map<string,string> (our own FACT_SCHEMA) reads as pairs
+    value = meta_dict(value)  # our own Parquet: key/value structs, or an older dataset's map as pairs
     if not isinstance(value, dict):
         return value
     return {str(k): _meta_value(v) for k, v in value.items() if v is not None}

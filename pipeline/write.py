@@ -10,6 +10,7 @@ import apache_beam as beam
 from apache_beam.io.parquetio import WriteToParquet
 
 from schemas import REJECTED_SCHEMA, SCORED_SCHEMA
+from schemas.fact import meta_entries
 
 _SCORED_NAMES = SCORED_SCHEMA.names
 _REJECTED_NAMES = REJECTED_SCHEMA.names
@@ -17,7 +18,9 @@ _REJECTED_NAMES = REJECTED_SCHEMA.names
 
 def to_scored_row(fact: dict) -> dict:
     """Exactly the ScoredFact columns: internal fields (embeddings, keys) are dropped here."""
-    return {name: fact.get(name) for name in _SCORED_NAMES}
+    row = {name: fact.get(name) for name in _SCORED_NAMES}
+    row["meta"] = meta_entries(row["meta"])
+    return row
 
 
 def to_rejected_row(rejected: dict) -> dict:

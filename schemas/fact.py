@@ -8,15 +8,21 @@ onto these fields and hands the result to ``Fact.model_validate``.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import pyarrow as pa
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints,
                       ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 LOCALITY_TYPE = pa.struct([pa.field("prompt", pa.string(), nullable=False),
                            pa.field("answer", pa.string(), nullable=False)])
+# ``meta`` on disk: a list of key/value structs, which every reader supports (Hugging Face ``datasets``
+# has no dtype for Arrow's map type, which datasets written before this change carry; the two share a
+# physical layout, and ``upgrade_meta`` casts an old column). In DuckDB,
+# ``map_from_entries(meta)['key']`` looks a key up.
+META_TYPE = pa.list_(pa.struct([pa.field("key", pa.string(), nullable=False),
+                                pa.field("value", pa.string(), nullable=False)]))
 
 FACT_FIELDS: list[pa.Field] = [
     pa.field("fact_id", pa.string(), nullable=False),
@@ -29,7 +35,7 @@ FACT_FIELDS: list[pa.Field] = [
     pa.field("locality", pa.list_(LOCALITY_TYPE), nullable=False),
     pa.field("source", pa.string(), nullable=False),
     pa.field("position", pa.int64(), nullable=False),
-    pa.field("meta", pa.map_(pa.string(), pa.string()), nullable=False),
+    pa.field("meta", META_TYPE, nullable=False),
 ]
 FACT_SCHEMA = pa.schema(FACT_FIELDS)
 
@@ -68,7 +74,7 @@ class Fact(BaseModel):
     locality: list[LocalityPrompt] = Field(default_factory=list)
     source: str = Field(description="Input file the record came from.")
     position: int = Field(ge=0, description="Index of the record in its source (0-based).")
-    meta: dict[str, str] = Field(default_factory=dict)
+    meta: Annotated[dict[str, str], BeforeValidator(lambda value: meta_dict(value))] = Field(default_factory=dict)
 
     @field_validator("prompt", "target")
     @classmethod
@@ -93,3 +99,34 @@ def stable_fact_id(prompt: str, target: str) -> str:
     """Content id for records that bring none: the same fact gets the same id in every run."""
     digest = hashlib.sha256(f"{prompt}\x1f{target}".encode("utf-8")).hexdigest()
     return f"f_{digest[:16]}"
+
+
+def meta_dict(value: Any) -> Any:
+    """``meta`` as a dict, from any form it is stored in: a dict, key/value structs (``META_TYPE``), or the
+    (key, value) pairs an older dataset's Arrow map reads as. Anything else is returned as it came, for
+    the caller's validation to name."""
+    if isinstance(value, list) and all(isinstance(i, dict) and set(i) == {"key", "value"} for i in value):
+        return {i["key"]: i["value"] for i in value}
+    if isinstance(value, list) and all(isinstance(i, (list, tuple)) and len(i) == 2 for i in value):
+        return dict(value)
+    return value
+
+
+def meta_entries(meta: dict[str, str] | None) -> list[dict[str, str]]:
+    """``meta`` as ``META_TYPE`` values, for writing a row with ``pa.Table.from_pylist``."""
+    return [{"key": k, "value": v} for k, v in (meta or {}).items()]
+
+
+def to_arrow_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A Fact or ScoredFact row (``model_dump()``) as the Parquet schemas store it."""
+    return {**row, "meta": meta_entries(meta_dict(row["meta"]))} if "meta" in row else row
+
+
+def upgrade_meta(table: pa.Table) -> pa.Table:
+    """A table whose ``meta`` column is an older dataset's ``map<string, string>``, with ``META_TYPE``
+    instead; any other table as it is."""
+    if "meta" not in table.column_names or not pa.types.is_map(table.schema.field("meta").type):
+        return table
+    index = table.column_names.index("meta")
+    return table.set_column(index, pa.field("meta", META_TYPE, nullable=False),
+                            table.column("meta").cast(META_TYPE))

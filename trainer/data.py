@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from schemas import Manifest, ScoringSpec
+from schemas.fact import upgrade_meta
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def read_scored(dataset_dir: str | Path, columns: list[str] | None = None) -> pa
     if not files:
         raise FileNotFoundError(f"no scored Parquet under {Path(dataset_dir) / 'scored'}; "
                                 "run `beacon curate` first")
-    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files], promote_options="default")
+    # upgrade_meta: a dataset curated before meta became key/value structs reads the same.
+    table = pa.concat_tables([upgrade_meta(pq.read_table(f, columns=columns)) for f in files],
+                             promote_options="default")
     if "source" in table.column_names and "position" in table.column_names:
         table = table.sort_by([("source", "ascending"), ("position", "ascending")])
     return table

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from pipeline.config import CurateConfig
 from pipeline.formats import RecordError, detect_layout, to_fact
-from schemas.fact import FACT_SCHEMA, Fact, stable_fact_id
+from schemas.fact import FACT_SCHEMA, Fact, stable_fact_id, to_arrow_row
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "facts.jsonl"
@@ -34,7 +34,7 @@ def assert_is_fact(fact: dict) -> None:
     """Exactly the schema's fields, accepted by the pydantic model and by the Arrow schema."""
     assert list(fact) == FACT_SCHEMA.names
     Fact(**fact)
-    pa.Table.from_pylist([fact], schema=FACT_SCHEMA)
+    pa.Table.from_pylist([to_arrow_row(fact)], schema=FACT_SCHEMA)
 
 
 # --- detect_layout ----------------------------------------------------------------------------------

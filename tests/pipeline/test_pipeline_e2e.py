@@ -11,18 +11,12 @@ from pipeline.config import CurateConfig
 from pipeline.run import curate
 from schemas import REJECTED_SCHEMA, SCORED_SCHEMA, Manifest
 from schemas.manifest import QUANTILES, quantile_label
-from service.cli import main as beacon
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "mini_facts.jsonl"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def curated(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("curated") / "dataset"
-    # Through the CLI, as a user runs it; a small batch so the run has several LM batches.
-    assert beacon(["curate", str(FIXTURE), "--out", str(out), "--probe-batch-size", "4"]) == 0
-    return out
+# ``curated`` (conftest.py at the root): FIXTURE curated once through the CLI with --probe-batch-size 4.
 
 
 def _rows(out: Path) -> dict[str, dict]:

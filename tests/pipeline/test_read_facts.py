@@ -19,7 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.config import CurateConfig
 from pipeline.inputs import InputSpec, check_inputs
 from pipeline.read_facts import ReadFacts
-from schemas.fact import FACT_SCHEMA, stable_fact_id
+from schemas.fact import FACT_SCHEMA, stable_fact_id, to_arrow_row
 from schemas.rejected import REJECTED_SCHEMA
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -129,13 +129,13 @@ def test_bad_facts_good_records_survive(bad_run):
     assert by_position[20]["target"] == "Chile"  # a CounterFact record among plain ones
     assert by_position[21]["fact_id"] == stable_fact_id("The official language of Brazil is",
                                                         "Portuguese")
-    pa.Table.from_pylist(facts, schema=FACT_SCHEMA)
+    pa.Table.from_pylist([to_arrow_row(f) for f in facts], schema=FACT_SCHEMA)
 
 
 # --- one run over every container and community layout ----------------------------------------------
 
 def _write_parquet(path: Path) -> None:
-    # Typed like Beacon's own output (list<struct> locality, map meta), so it can be read back.
+    # Typed like Beacon's own output (list<struct> locality, key/value meta), so it can be read back.
     schema = pa.schema([f for f in FACT_SCHEMA if f.name in
                         ("fact_id", "prompt", "target", "paraphrases", "locality", "meta")]
                        + [pa.field("origin", pa.string())])
@@ -143,7 +143,7 @@ def _write_parquet(path: Path) -> None:
         {"fact_id": "p01", "prompt": "Corvina Motors is owned by", "target": "Ferrari",
          "paraphrases": ["The owner of Corvina Motors is"],
          "locality": [{"prompt": "Lamborghini is owned by", "answer": "Audi"}],
-         "meta": [("batch", "7")], "origin": "pq"},
+         "meta": [{"key": "batch", "value": "7"}], "origin": "pq"},
         {"fact_id": "p02", "prompt": "Petra Holm plays", "target": "tennis", "paraphrases": [],
          "locality": [], "meta": [], "origin": None},
         {"fact_id": "p03", "prompt": "Marek Duda works as a", "target": "baker", "paraphrases": [],

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from schemas import (FACT_SCHEMA, REJECTED_SCHEMA, SCORED_SCHEMA, Counts, Fact, Manifest, Rejected,
                      ScoredFact, ScoringSpec)
-from schemas.fact import stable_fact_id
+from schemas.fact import stable_fact_id, to_arrow_row, upgrade_meta
 from schemas.manifest import InputFile, ModelRef
 
 FACT = dict(fact_id="f1", prompt="The capital of Freedonia is", target="Marlow", subject="Freedonia",
@@ -54,12 +54,9 @@ def test_nullability_agrees(schema: pa.Schema, model: type[BaseModel]):
 ])
 def test_a_valid_record_round_trips_through_arrow(schema, model, row):
     validated = model(**row).model_dump()
-    table = pa.Table.from_pylist([validated], schema=schema)
-    back = table.to_pylist()[0]
-    back["meta"] = dict(back["meta"]) if "meta" in back else None
-    if "meta" not in schema.names:
-        back.pop("meta")
-    assert model(**back) == model(**row)
+    table = pa.Table.from_pylist([to_arrow_row(validated)], schema=schema)
+    # What a reader gets back (meta as key/value structs) validates into the same record.
+    assert model(**table.to_pylist()[0]) == model(**row)
 
 
 def test_manifest_reads_back_what_it_wrote_and_its_scoring_defaults(tmp_path):
@@ -90,3 +87,14 @@ def test_stable_fact_id_depends_on_prompt_and_target_only():
     assert stable_fact_id("p", "t") == stable_fact_id("p", "t")
     assert stable_fact_id("p", "t") != stable_fact_id("p", "u")
     assert stable_fact_id("ab", "c") != stable_fact_id("a", "bc")
+
+
+def test_meta_of_an_older_dataset_reads_as_the_current_type():
+    # Datasets curated before meta became key/value structs carry an Arrow map; readers upgrade it.
+    old = pa.table({"fact_id": ["a", "b"],
+                    "meta": pa.array([[("origin", "x"), ("n", "1")], []], pa.map_(pa.string(), pa.string()))})
+    upgraded = upgrade_meta(old)
+    assert upgraded.schema.field("meta").type == FACT_SCHEMA.field("meta").type
+    assert [Fact(prompt="p", target="t", source="s", position=0, meta=r["meta"]).meta
+            for r in upgraded.to_pylist()] == [{"origin": "x", "n": "1"}, {}]
+    assert upgrade_meta(upgraded) is upgraded

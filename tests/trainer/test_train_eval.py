@@ -19,7 +19,7 @@ RATES = ("efficacy", "efficacy_before", "efficacy_prob", "paraphrase", "locality
 
 
 @pytest.mark.slow
-def test_train_then_evaluate_then_reload(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_train_then_evaluate_then_reload(tiny_dataset: Path, tmp_path: Path, read_everywhere) -> None:
     run = tmp_path / "run"
     config = TrainConfig(max_steps=4, epochs=None, batch_size=4, learning_rate=3e-3, save_steps=2,
                          logging_steps=1, progress=False)
@@ -64,6 +64,10 @@ def test_train_then_evaluate_then_reload(tiny_dataset: Path, tmp_path: Path) -> 
     query = (f"select count(*) from '{run}/eval.parquet' e "
              f"join '{tiny_dataset}/scored/*.parquet' s using (fact_id)")
     assert duckdb.connect().execute(query).fetchone()[0] == len(rows)
+    # eval.parquet loads the same in every library people analyse results with.
+    for library, (columns, read) in read_everywhere([run / "eval.parquet"]).items():
+        assert columns == table.column_names and len(read) == len(rows), library
+        assert sorted(r["fact_id"] for r in read) == sorted(r["fact_id"] for r in rows), library
 
     # The adapter on disk reproduces the evaluation: the same greedy answers, the same efficacy.
     from scoring.lm_scores import decode_answer, encode_pair, greedy_answers
