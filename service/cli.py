@@ -10,7 +10,7 @@ import sys
 import warnings
 
 # Imported lazily so `beacon --help` does not pay for torch or Beam.
-COMMANDS = ["models", "curate", "train", "eval", "run", "serve", "worker"]
+COMMANDS = ["models", "curate", "train", "eval", "run", "export", "serve", "worker"]
 
 
 def build_parser() -> argparse.ArgumentParser:
