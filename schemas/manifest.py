@@ -87,6 +87,20 @@ class Manifest(BaseModel):
         return cls.path_in(dataset_dir).is_file()
 
     @classmethod
+    def locate(cls, path: str | Path) -> Path:
+        """The dataset folder a user means by ``path``: itself, or a `beacon run` folder's ``dataset/``.
+
+        Raises:
+            FileNotFoundError: neither holds a manifest (the message names ``path``).
+            ValueError: the manifest is damaged.
+        """
+        path = Path(path)
+        if not cls.exists_in(path) and cls.exists_in(path / "dataset"):
+            path = path / "dataset"
+        cls.read(path)
+        return path
+
+    @classmethod
     def read(cls, dataset_dir: str | Path) -> "Manifest":
         """The manifest of the dataset in ``dataset_dir``.
 

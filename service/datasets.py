@@ -169,9 +169,7 @@ def cached_stats(dataset: dict[str, Any], files: ScoredFiles) -> bytes | None:
 
 def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *, threads: int,
                   use_cache: bool = True) -> bytes:
-    """Counts by reason, drift/interference quantiles and histograms, top conflict pairs (as JSON).
-
-    Quantiles are the manifest's (computed once, in the pipeline); the rest is DuckDB over the Parquet.
+    """``build_stats`` as JSON bytes, cached.
 
     A scored dataset never changes once written, so stats are computed once per file signature and
     kept in memory and beside the data (``.stats-v<STATS_VERSION>.json``), where other processes find them: the
@@ -188,8 +186,24 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
             with _cache_lock:
                 _cache[key] = cached
             return cached
+    encoded = dumps(build_stats(files, read_manifest(layout, dataset), threads=threads)).encode()
+    if use_cache:
+        _write_cached(layout, dataset, encoded)
+        with _cache_lock:
+            _cache[key] = encoded
+    return encoded
+
+
+def build_stats(files: ScoredFiles, manifest: Manifest | None, *, threads: int) -> dict[str, Any]:
+    """What ``GET /datasets/{id}/stats`` and ``beacon stats`` answer (``DatasetStats``), uncached.
+
+    Quantiles are the manifest's (computed once, in the pipeline); the rest is DuckDB over the Parquet.
+
+    Raises:
+        PathError: there are no scored files. DatasetUnreadable: a Parquet file cannot be read.
+    """
+    signature = files.signature()
     stats = compute_stats(files, threads=threads)
-    manifest = read_manifest(layout, dataset)
     quantiles = manifest.quantiles if manifest else {}
     for score in ("drift", "interference", "risk"):
         if stats.get(score) is not None:
@@ -199,12 +213,37 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
     stats["manifest"] = manifest.model_dump(include={"dataset_id", "created_at", "counts", "rejected_by_stage",
                                                      "thresholds", "config_hash"}) if manifest else None
     stats["signature"] = signature
-    encoded = dumps(stats).encode()
-    if use_cache:
-        _write_cached(layout, dataset, encoded)
-        with _cache_lock:
-            _cache[key] = encoded
-    return encoded
+    return stats
+
+
+@dataclass(frozen=True)
+class LocalDataset:
+    """A curated dataset folder on disk, or a `beacon run` folder (``dataset/`` + ``run/``)."""
+
+    root: Path  # the folder given: every file below lies under it
+    dataset_dir: Path
+    run_dir: Path | None
+    files: ScoredFiles
+
+
+def local_dataset(path: str | Path) -> LocalDataset:
+    """The files of the dataset in ``path`` (for the commands, which have no data root to confine to).
+
+    Raises:
+        FileNotFoundError: ``path`` holds no manifest, neither itself nor ``path/dataset`` (names it).
+        ValueError: the manifest is damaged.
+    """
+    root = Path(path)
+    dataset_dir = Manifest.locate(root)
+    run_dir = root / "run" if dataset_dir != root else None
+
+    def parquet(sub: Path) -> list[Path]:
+        return sorted(p for p in sub.glob("*.parquet") if p.is_file()) if sub.is_dir() else []
+
+    evals = [run_dir / "eval.parquet"] if run_dir is not None and (run_dir / "eval.parquet").is_file() else []
+    files = ScoredFiles(scored=parquet(dataset_dir / "scored"), rejected=parquet(dataset_dir / "rejected"),
+                        eval=evals)
+    return LocalDataset(root=root, dataset_dir=dataset_dir, run_dir=run_dir, files=files)
 
 
 def _stats_path(layout: Layout, dataset: dict[str, Any]) -> Path:

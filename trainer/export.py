@@ -63,19 +63,6 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve_dataset(path: str | Path) -> Path:
-    """The curated dataset in ``path``: the folder itself, or a `beacon run` folder's ``dataset/``.
-
-    Raises:
-        FileNotFoundError: neither holds a manifest (the message names the folder).
-    """
-    path = Path(path)
-    if not Manifest.path_in(path).is_file() and Manifest.path_in(path / "dataset").is_file():
-        return path / "dataset"
-    Manifest.read(path)  # the error names the folder and the command that writes one
-    return path
-
-
 def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> ExportResult:
     """Writes the kept facts of ``dataset`` to ``out`` in ``fmt`` (one of ``FORMATS``).
 
@@ -91,7 +78,7 @@ def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    dataset = resolve_dataset(dataset)
+    dataset = Manifest.locate(dataset)
     manifest = Manifest.read(dataset)
     chat = manifest.scoring.chat_template
     rows = read_scored(dataset, columns=_COLUMNS).to_pylist()
