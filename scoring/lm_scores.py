@@ -362,9 +362,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 def _batches(order: list[int], batch_size: int, desc: str | None) -> Iterator[list[int]]:
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if desc:
-        from tqdm.auto import tqdm
+        from scoring.progress import bar
 
-        chunks = tqdm(chunks, desc=desc, unit="batch", leave=False)
+        chunks = bar(chunks, desc=desc, unit="batch")
     yield from chunks
 
 

@@ -42,9 +42,10 @@ def build_trainer(config: TrainConfig, rows: list[dict[str, Any]], output_dir: P
         ValueError: a fact does not fit ``max_seq_len``, a precision needs a GPU this machine lacks, or
             the replay file is unusable (``trainer.replay.replay_prompts``).
     """
-    from transformers import set_seed
+    from transformers import ProgressCallback, set_seed
 
     from scoring.models import load_lm
+    from scoring.progress import is_terminal
     from trainer.data import ExampleDataset, WeightedCollator, build_examples
     from trainer.model_io import with_lora
     from trainer.schedule import FactSchedule, round_size, schedule_callback
@@ -90,6 +91,12 @@ def build_trainer(config: TrainConfig, rows: list[dict[str, Any]], output_dir: P
         semantic_weight=config.semantic_weight, trace=trace, fact_ids=[e.fact_id for e in examples],
         last_is_eos=config.add_eos, schedule=schedule, adaptive=config.schedule == "adaptive",
         replay=replay, locality_weight=config.locality_weight, replay_batch_size=config.replay_batch_size)
+    if config.progress and not is_terminal():
+        # HF's bar is carriage-return frames; in a log, one line every few seconds instead.
+        from trainer.progress import LineProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LineProgressCallback)
     return TrainingSetup(model=model, tokenizer=tokenizer, examples=examples, trainer=trainer,
                          schedule=schedule, replay=replay)
 
