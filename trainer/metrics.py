@@ -89,9 +89,21 @@ def aggregate(table: pa.Table) -> dict[str, Any]:
     # Learned by training, not known before: the honest count for "which facts did it learn".
     eff = np.asarray(table.column("efficacy").to_pylist(), dtype=bool)
     before = np.asarray(table.column("efficacy_before").to_pylist(), dtype=bool)
+    out["answer_target"] = int(eff.sum())
     out["learned"] = int((eff & ~before).sum())
+    out["already_known"] = int((eff & before).sum())
     out["forgotten"] = int((~eff & before).sum())
     return out
+
+
+def learned_sentence(group: dict[str, Any], facts: str = "trained facts") -> str:
+    """What a group's counts say, once: "45 of 45 trained facts answer with the target (41 newly
+    learned, 4 already known)", and how many known before no longer do, if any."""
+    text = (f"{group['answer_target']} of {group['n']} {facts} answer with the target "
+            f"({group['learned']} newly learned, {group['already_known']} already known)")
+    if group["forgotten"]:
+        text += f"; {group['forgotten']} that did before no longer do"
+    return text
 
 
 def training_summary(table: pa.Table) -> dict[str, Any] | None:
@@ -116,6 +128,7 @@ def build_metrics(table: pa.Table, *, drift_definition: str, pushed_away_epsilon
     filtered = table.filter(pc.invert(table.column("kept")))
     metrics: dict[str, Any] = {
         "scope": "kept facts (the ones trained on); see 'all' and 'filtered' for the others",
+        "summary": learned_sentence(aggregate(kept)),
         **aggregate(kept),
         "drift_definition": drift_definition,
         "pushed_away_epsilon": pushed_away_epsilon,

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(manifest, out: str) -> None:
-    c = manifest.counts
+    c, out = manifest.counts, out.rstrip("/") or out
     print(f"\ncurated {c.input} records into {out}  (dataset {manifest.dataset_id})")
     print(f"  scored {c.scored}  kept {c.kept}  rejected {c.rejected}")
     for reason, n in sorted(manifest.counts.by_reason.items(), key=lambda kv: -kv[1]):

@@ -29,12 +29,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(metrics: dict, run_dir: str) -> None:
-    from trainer.metrics import summary_table
+    from trainer.metrics import learned_sentence, summary_table
 
     kept = metrics["kept"]
-    print(f"\nlearned {kept['learned']} of {kept['n']} trained facts "
-          f"(efficacy {_pct(kept['efficacy'])}, known before {_pct(kept['efficacy_before'])}); "
-          f"paraphrases {_pct(kept['paraphrase'])}, locality {_pct(kept['locality'])}, "
+    print(f"\n{learned_sentence(kept)}")
+    print(f"paraphrases {_pct(kept['paraphrase'])}, locality {_pct(kept['locality'])}, "
           f"bleed {_pct(kept['locality_bleed'])}, pushed away {_pct(kept['pushed_away'])}")
     para = metrics.get("paraphrases")
     if para and para.get("trained_on"):

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -76,9 +79,36 @@ def run(args: argparse.Namespace) -> int:
 
     print_evaluated(evaluate(run_dir, eval_config), str(run_dir))
     print(f"\ndone in {time.perf_counter() - started:.0f}s: dataset {dataset_dir}/  run {run_dir}/")
-    print(f"  query: duckdb -c \"select e.fact_id, s.prompt, e.target, e.answer, e.efficacy, s.drift "
-          f"from '{run_dir}/eval.parquet' e join '{dataset_dir}/scored/*.parquet' s using (fact_id)\"")
+    print("next:")
+    for hint in next_commands(args.out):
+        print(f"  {hint}")
     return 0
+
+
+# The facts that did not stick, with what the model says now and what it said before training.
+NOT_LEARNED_SQL = ("select e.fact_id, s.prompt, e.target, e.answer, s.prediction as answer_before, s.drift "
+                   "from eval e join scored s using (fact_id) where e.kept and not e.efficacy")
+
+
+def next_commands(out: str) -> list[str]:
+    """The commands ``beacon run`` suggests at its end, quoted for a POSIX shell: they run as printed
+    (tests/service/test_cli.py runs them)."""
+    beacon, folder = program(), shlex.quote(out)
+    return [f"{beacon} stats {folder}",
+            f"{beacon} query {folder} {shlex.quote(NOT_LEARNED_SQL)}",
+            f"{beacon} export {folder} --format hf --out {shlex.quote(str(Path(out) / 'export-hf'))} --overwrite"]
+
+
+def program() -> str:
+    """How to call Beacon again the way this process was called: ``beacon`` when that is what PATH
+    finds, else the script's path as typed (``.venv/bin/beacon`` after `make setup`), else ``python -m``."""
+    argv0 = sys.argv[0]
+    found = shutil.which("beacon")
+    if found and os.path.realpath(found) == os.path.realpath(argv0):
+        return "beacon"
+    if os.path.basename(argv0) == "beacon" and os.path.isfile(argv0):
+        return shlex.quote(argv0)
+    return f"{shlex.quote(sys.executable)} -m service.cli"
 
 
 def _reusable(dataset_dir: Path, inputs: list[str], config: CurateConfig) -> bool:

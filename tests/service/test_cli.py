@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,18 +43,40 @@ def test_beam_options_still_pass_through_with_their_values(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_run_with_a_config_holding_only_a_train_section(tmp_path, capsys):
-    """Regression: such a file failed with 'invalid curate config: train: Extra inputs are not permitted'."""
+def test_run_as_a_user_runs_it_and_every_hint_it_prints_runs(tmp_path, capsys):
+    """`.venv/bin/beacon run` from a shell, with a config holding only a train section (regression: such
+    a file failed with 'invalid curate config: train: Extra inputs are not permitted'); then every
+    command its summary suggests, as printed, in a shell whose PATH has no `beacon`."""
     config = tmp_path / "f.yaml"
     config.write_text("train:\n  max_steps: 2\n  batch_size: 4\n")
+    beacon_script = Path(sys.executable).parent / "beacon"
+    shutil.copy(FIXTURES / "mini_facts.jsonl", tmp_path / "facts.jsonl")
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([str(beacon_script), "run", "facts.jsonl", "--out", "x", "--config", "f.yaml"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
     out = tmp_path / "x"
-    assert beacon(["run", str(FIXTURES / "mini_facts.jsonl"), "--out", str(out), "--config", str(config),
-                   "--no-progress"]) == 0, capsys.readouterr().err
     run = json.loads((out / "run" / "config.json").read_text())
     assert (run["train"]["max_steps"], run["train"]["epochs"], run["train"]["batch_size"]) == (2, None, 4)
     summary = json.loads((out / "run" / "train_summary.json").read_text())
     assert summary["global_step"] == 2
-    assert (out / "run" / "metrics.json").is_file()
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    # One sentence for what was learned, the same in the summary and in metrics.json (the API's metrics).
+    assert metrics["summary"] in done.stdout and "answer with the target" in metrics["summary"]
+    # Not a terminal: progress is whole lines, never carriage-return frames.
+    assert "\r" not in done.stdout + done.stderr
+
+    hints = done.stdout.split("\nnext:\n", 1)[1].strip().splitlines()
+    assert len(hints) == 3
+    for hint in hints:
+        ran = subprocess.run(hint.strip(), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert ran.returncode == 0, (hint, ran.stderr)
+        assert ran.stdout.strip(), hint
+    assert "answer_before" in subprocess.run(hints[1].strip(), shell=True, cwd=tmp_path, env=env,
+                                             capture_output=True, text=True, timeout=300).stdout
+    assert (out / "export-hf" / "dataset_info.json").is_file()
+
     # A key in the wrong section is named, with its section, before any work starts.
     config.write_text("curate:\n  learning_rate: 0.01\n")
     assert beacon(["run", str(FIXTURES / "mini_facts.jsonl"), "--out", str(tmp_path / "y"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from trainer.metrics import (EVAL_SCHEMA, aggregate, build_metrics, drift_quartiles, normalise,
-                             starts_with_target)
+from trainer.metrics import (EVAL_SCHEMA, aggregate, build_metrics, drift_quartiles, learned_sentence,
+                             normalise, starts_with_target)
 
 
 @pytest.mark.parametrize("answer, target, hit", [
@@ -58,6 +58,14 @@ def test_aggregate_skips_nulls_and_counts_learned_vs_known() -> None:
     assert agg["efficacy_prob"] is None  # no ground truth anywhere
     assert agg["locality"] == 0.5  # the fact without locality prompts is left out, not counted as 0
     assert agg["learned"] == 3 and agg["forgotten"] == 0  # f4 was known before training
+    assert (agg["answer_target"], agg["already_known"]) == (4, 1)
+    assert learned_sentence(agg) == "4 of 8 trained facts answer with the target (3 newly learned, 1 already known)"
+
+
+def test_the_sentence_says_what_was_lost_only_when_something_was() -> None:
+    group = {"n": 45, "answer_target": 44, "learned": 41, "already_known": 3, "forgotten": 1}
+    assert learned_sentence(group) == ("44 of 45 trained facts answer with the target (41 newly learned, "
+                                       "3 already known); 1 that did before no longer do")
 
 
 def test_build_metrics_groups() -> None:
