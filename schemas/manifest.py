@@ -95,7 +95,10 @@ class Manifest(BaseModel):
             ValueError: the manifest is damaged.
         """
         path = Path(path)
-        if not cls.exists_in(path) and cls.exists_in(path / "dataset"):
+        if cls.exists_in(path / "dataset"):
+            if cls.exists_in(path):
+                raise ValueError(f"{path} holds a dataset (manifest.json) and a `beacon run` "
+                                 f"(dataset/manifest.json); name the one you mean: {path / 'dataset'} for the run's")
             path = path / "dataset"
         cls.read(path)
         return path

@@ -8,6 +8,7 @@ still counts, times and formats.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Iterable
 
@@ -16,6 +17,15 @@ from tqdm import tqdm  # not tqdm.auto: Beacon runs in terminals and logs, not n
 LINE_SECONDS = 5.0
 _LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, {remaining} left"
 _LINE_FORMAT_OPEN = "{desc}: {n_fmt} {unit}, {rate_fmt}, {elapsed} elapsed"
+
+
+def quiet_library_bars() -> None:
+    """Off a terminal, turns off the libraries' own bars (weights loading, ``datasets`` saving): they
+    are carriage-return frames in a log, and Beacon's long work reports lines instead. Call it before
+    they are imported; an explicit setting in the environment wins."""
+    if not is_terminal():
+        for switch in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(switch, "1")
 
 
 def is_terminal(stream: Any = None) -> bool:

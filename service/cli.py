@@ -6,11 +6,10 @@ import argparse
 import difflib
 import importlib
 import logging
-import os
 import sys
 import warnings
 
-from scoring.progress import is_terminal
+from scoring.progress import quiet_library_bars
 
 # Imported lazily so `beacon --help` does not pay for torch or Beam.
 COMMANDS = ["models", "curate", "train", "eval", "run", "stats", "query", "export", "serve", "worker"]
@@ -59,16 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     for noisy in ("apache_beam", "transformers", "sentence_transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not is_terminal():
-        # The libraries' own bars (weights loading, datasets saving) are carriage-return frames in a log;
-        # Beacon's long work reports lines instead (scoring.progress).
-        for switch in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
-            os.environ.setdefault(switch, "1")
+    quiet_library_bars()
     try:
         if extra:
             check_extra(extra, args.command_parser)
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: FileNotFoundError, PermissionError, ...
         print(f"beacon {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -132,18 +132,21 @@ def scored_files(layout: Layout, dataset: dict[str, Any], run_dir: Path | None) 
     Raises:
         PathError: the dataset folder escapes the root or is gone.
     """
-    folder = layout.resolve(dataset["path"])
+    return _files_of(layout.resolve(dataset["path"]), run_dir, within=layout.root)
+
+
+def _files_of(dataset_dir: Path, run_dir: Path | None, *, within: Path | None = None) -> ScoredFiles:
+    """The Parquet files of a dataset folder (and its run's eval.parquet); with ``within``, only those
+    that really lie under it (a symlink out of the data root is not followed)."""
+    def listed(paths: list[Path]) -> list[Path]:
+        return [p for p in paths if p.is_file() and (within is None or p.resolve().is_relative_to(within))]
 
     def parquet(sub: Path) -> list[Path]:
-        if not sub.is_dir():
-            return []
-        files = sorted(p for p in sub.glob("*.parquet") if p.is_file())
-        return [p for p in files if p.resolve().is_relative_to(layout.root)]
+        return listed(sorted(sub.glob("*.parquet"))) if sub.is_dir() else []
 
-    evals = []
-    if run_dir is not None and (run_dir / "eval.parquet").is_file():
-        evals = [p for p in [run_dir / "eval.parquet"] if p.resolve().is_relative_to(layout.root)]
-    return ScoredFiles(scored=parquet(folder / "scored"), rejected=parquet(folder / "rejected"), eval=evals)
+    evals = listed([run_dir / "eval.parquet"]) if run_dir is not None else []
+    return ScoredFiles(scored=parquet(dataset_dir / "scored"), rejected=parquet(dataset_dir / "rejected"),
+                       eval=evals)
 
 
 def read_manifest(layout: Layout, dataset: dict[str, Any]) -> Manifest | None:
@@ -236,14 +239,7 @@ def local_dataset(path: str | Path) -> LocalDataset:
     root = Path(path)
     dataset_dir = Manifest.locate(root)
     run_dir = root / "run" if dataset_dir != root else None
-
-    def parquet(sub: Path) -> list[Path]:
-        return sorted(p for p in sub.glob("*.parquet") if p.is_file()) if sub.is_dir() else []
-
-    evals = [run_dir / "eval.parquet"] if run_dir is not None and (run_dir / "eval.parquet").is_file() else []
-    files = ScoredFiles(scored=parquet(dataset_dir / "scored"), rejected=parquet(dataset_dir / "rejected"),
-                        eval=evals)
-    return LocalDataset(root=root, dataset_dir=dataset_dir, run_dir=run_dir, files=files)
+    return LocalDataset(root=root, dataset_dir=dataset_dir, run_dir=run_dir, files=_files_of(dataset_dir, run_dir))
 
 
 def _stats_path(layout: Layout, dataset: dict[str, Any]) -> Path:

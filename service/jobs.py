@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Manifest
+from scoring.progress import quiet_library_bars
 from service.datasets import Layout, PathError, confined, list_artifacts, scored_dataset_id
 from service.model_specs import resolve_job_model
 from service.settings import Settings
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     _die_with_parent(int(spec["parent_pid"]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_library_bars()  # the stage log is a file: progress as lines (scoring.progress)
     result_path = Path(spec["result"])
     try:
         result = STAGE_FUNCTIONS[spec["stage"]](spec)

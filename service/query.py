@@ -161,8 +161,11 @@ def _parse_tree(query: str) -> str:
         return _parse_con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0]
 
 
-def run_query(sql: str, files: ScoredFiles, *, root: Path, limits: QueryLimits) -> QueryResult:
+def run_query(sql: str, files: ScoredFiles, *, root: Path, limits: QueryLimits,
+              spill_dir: Path | None = None) -> QueryResult:
     """Runs one read-only SELECT over the dataset's views, in a process killed at the deadline.
+
+    ``spill_dir``: where DuckDB may spill (removed afterwards); default ``ROOT/tmp/query-<id>``.
 
     Raises:
         QueryError: the SQL is not allowed or fails. QueryTimeout: it ran past the time limit.
@@ -170,7 +173,8 @@ def run_query(sql: str, files: ScoredFiles, *, root: Path, limits: QueryLimits) 
     """
     statement = check_sql(sql)
     root = Path(root).resolve()
-    spill = Path("tmp") / f"query-{uuid.uuid4().hex[:12]}"  # relative to the root: no server path shows
+    # Relative to the root by default: no server path shows in an answer.
+    spill = Path(spill_dir) if spill_dir is not None else Path("tmp") / f"query-{uuid.uuid4().hex[:12]}"
     try:
         relative = {name: [str(p.resolve().relative_to(root)) for p in paths] for name, paths in
                     (("scored", files.scored), ("rejected", files.rejected), ("eval", files.eval))}
@@ -179,7 +183,7 @@ def run_query(sql: str, files: ScoredFiles, *, root: Path, limits: QueryLimits) 
     proc = receive = None
     started = time.perf_counter()
     try:
-        (root / spill).parent.mkdir(exist_ok=True)
+        (root / spill).parent.mkdir(parents=True, exist_ok=True)
         ctx = _context()
         receive, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_child, args=(send, statement, relative, str(root), str(spill), limits),
@@ -318,7 +322,10 @@ def _prepare(con, files: dict[str, list[str]], *, spill: str, limits: QueryLimit
     for name, paths in files.items():
         if paths:
             # The input files' own paths on the server are not the user's business: their names are.
-            source = " REPLACE (regexp_replace(source, '^.*[/\\\\]', '') AS source)" if name != "eval" else ""
+            replace = ["regexp_replace(source, '^.*[/\\\\]', '') AS source"] if name != "eval" else []
+            if name == "scored" and _meta_is_map(con, paths):
+                replace.append("map_entries(meta) AS meta")  # a dataset curated before key/value meta
+            source = f" REPLACE ({', '.join(replace)})" if replace else ""
             con.execute(f"CREATE VIEW {name} AS SELECT *{source} FROM read_parquet({sql_paths(paths)})")
         else:
             empty = f"empty_{uuid.uuid4().hex[:8]}"
@@ -326,6 +333,13 @@ def _prepare(con, files: dict[str, list[str]], *, spill: str, limits: QueryLimit
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM {empty}")
             con.unregister(empty)
     con.execute("SET lock_configuration = true")
+
+
+def _meta_is_map(con, paths: list[str]) -> bool:
+    """Whether the files' ``meta`` column is an Arrow map (datasets curated before key/value meta)."""
+    columns = {row[0]: row[1] for row in con.execute(
+        f"DESCRIBE SELECT * FROM read_parquet({sql_paths(paths)})").fetchall()}
+    return str(columns.get("meta", "")).upper().startswith("MAP(")
 
 
 def _scrub(text: str, root: str) -> str:

@@ -36,7 +36,9 @@ FORMATS: dict[str, str] = {
     "alpaca": "LLaMA-Factory's alpaca layout, with dataset_info.json",
     "sharegpt": "LLaMA-Factory's sharegpt layout, with dataset_info.json",
 }
-_COLUMNS = ["fact_id", "prompt", "target", "keep", "reason", "weight"]
+# source/position: read_scored sorts by them, so the export is in input order, as `beacon train` reads it.
+_COLUMNS = ["fact_id", "prompt", "target", "keep", "reason", "weight", "source", "position"]
+_FOLDER_FORMATS = {"hf", "alpaca", "sharegpt"}
 # No trainer of these tools applies a per-example loss weight: say so instead of implying it does.
 _WEIGHT_NOTE = {
     "jsonl": "weights are in the `weight` field; TRL's SFTTrainer does not apply per-example weights "
@@ -69,20 +71,25 @@ def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = 
     Nothing is left half-written: the export is built beside ``out`` and moved into place.
 
     Raises:
-        ValueError: an unknown format (the message lists the formats).
+        ValueError: an unknown format (the message lists the formats); ``out`` is the dataset, holds
+            it, lies inside it, or is a folder where the format writes a file (or the reverse); the
+            dataset has no kept fact.
         FileExistsError: ``out`` exists and ``overwrite`` is not set.
         FileNotFoundError: ``dataset`` is not a curated dataset.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of: {', '.join(FORMATS)}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    dataset = Manifest.locate(dataset)
+    given, out = Path(dataset), Path(out)
+    dataset = Manifest.locate(given)
+    _check_out(out, fmt, given=given, dataset=dataset, overwrite=overwrite)
     manifest = Manifest.read(dataset)
     chat = manifest.scoring.chat_template
     rows = read_scored(dataset, columns=_COLUMNS).to_pylist()
     kept = [r for r in rows if r["keep"]]
+    if not kept:
+        reasons = ", ".join(f"{k} {v}" for k, v in Counter(r["reason"] for r in rows).most_common())
+        raise ValueError(f"{dataset} has no kept fact to export ({len(rows)} scored: {reasons or 'none'}); "
+                         "loosen the curate thresholds or check the input")
     records = [_record(r, chat) for r in kept]
     name = f"beacon_{manifest.dataset_id}"
 
@@ -102,6 +109,22 @@ def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = 
     return ExportResult(format=fmt, path=str(out), dataset_id=manifest.dataset_id, exported=len(records),
                         left_out=dict(Counter(r["reason"] for r in rows if not r["keep"]).most_common()),
                         chat_template=chat, notes=notes)
+
+
+def _check_out(out: Path, fmt: str, *, given: Path, dataset: Path, overwrite: bool) -> None:
+    """Refuses an ``out`` whose replacement would lose data the user did not ask to replace: the folder
+    given (a run folder may hold exports, beside its dataset/), a folder above it, or the dataset."""
+    target, given, dataset = out.resolve(), given.resolve(), dataset.resolve()
+    if target in (given, dataset) or target in given.parents or dataset in target.parents:
+        raise ValueError(f"--out {out} is, holds or lies inside the dataset {dataset}; export somewhere else")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    wants_folder = fmt in _FOLDER_FORMATS
+    if out.is_dir() != wants_folder:
+        raise ValueError(f"--out {out} is a {'folder' if out.is_dir() else 'file'}, but {fmt} writes a "
+                         f"{'folder' if wants_folder else 'file'}; --overwrite replaces like with like only")
 
 
 def _record(row: dict[str, Any], chat: bool) -> dict[str, Any]:

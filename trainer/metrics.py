@@ -126,13 +126,14 @@ def build_metrics(table: pa.Table, *, drift_definition: str, pushed_away_epsilon
     """``metrics.json``: top level over the kept (trained) facts, then groups and drift quartiles."""
     kept = table.filter(table.column("kept"))
     filtered = table.filter(pc.invert(table.column("kept")))
+    trained = aggregate(kept)
     metrics: dict[str, Any] = {
         "scope": "kept facts (the ones trained on); see 'all' and 'filtered' for the others",
-        "summary": learned_sentence(aggregate(kept)),
-        **aggregate(kept),
+        "summary": learned_sentence(trained),
+        **trained,
         "drift_definition": drift_definition,
         "pushed_away_epsilon": pushed_away_epsilon,
-        "kept": aggregate(kept),
+        "kept": dict(trained),
         "filtered": aggregate(filtered),
         "all": aggregate(table),
         "by_drift_quartile": {},

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 from pathlib import Path
 
 EPILOG = """Views: scored (scored/*.parquet), rejected (rejected/*.parquet) and, for a `beacon run`
 folder, eval (run/eval.parquet). Example:
   beacon query out/sample "select e.fact_id, s.prompt, e.target, e.answer from eval e
       join scored s using (fact_id) where e.kept and not e.efficacy"
---out FILE writes every row as CSV, JSON or Parquet (by its extension)."""
+--out FILE writes every row as CSV, JSON or Parquet (by its extension). Values pass the sandbox as
+JSON: timestamps arrive as ISO text, decimals as doubles, blobs as base64 text."""
 
 OUT_FORMATS = (".csv", ".json", ".parquet")
 
@@ -39,22 +42,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     if args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout:g}")
+    if out is not None:
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; name a file")
+        out.parent.mkdir(parents=True, exist_ok=True)
     local = local_dataset(args.dataset)
     settings = Settings()
     limit = args.limit or (2**62 if out else 100)
     limits = QueryLimits(row_limit=limit, timeout_s=args.timeout, memory_limit=settings.query_memory_limit,
                          threads=settings.query_threads, spill_bytes=settings.query_spill_bytes,
                          max_bytes=2**34 if out else settings.query_max_bytes)
-    spill_parent = local.root / "tmp"
-    made_spill_parent = not spill_parent.exists()
-    try:
-        result = run_query(args.sql, local.files, root=local.root, limits=limits)
-    finally:
-        if made_spill_parent:
-            try:
-                spill_parent.rmdir()  # the sandbox's spill folder: leave the user's folder as it was
-            except OSError:
-                pass
+    files = [p.resolve() for p in (*local.files.scored, *local.files.rejected, *local.files.eval)]
+    # The sandbox's root: the deepest folder holding every file (symlinked parts included); the spill
+    # goes to a temporary folder, never into the user's dataset (which may be read-only).
+    root = Path(os.path.commonpath(files)) if files else local.root.resolve()
+    root = root if root.is_dir() else root.parent
+    with tempfile.TemporaryDirectory(prefix="beacon-query-") as spill:
+        result = run_query(args.sql, local.files, root=root, limits=limits, spill_dir=Path(spill) / "spill")
     more = f"; more rows exist (--limit {limit})" if result.truncated else ""
     if out is not None:
         write_rows(result.columns, result.rows, out)

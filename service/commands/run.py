@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     curate_config, train_config, eval_config = configs["curate"], configs["train"], configs["eval"]
     out = Path(args.out)
     dataset_dir, run_dir = out / "dataset", out / "run"
+    if Manifest.exists_in(out):
+        raise ValueError(f"--out {out} is a curated dataset; `beacon run` writes {dataset_dir}/ and {run_dir}/ "
+                         "and needs a folder of its own")
     started = time.perf_counter()
 
     print(f"[1/3] curate {' '.join(args.inputs)} -> {dataset_dir}", flush=True)
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # The facts that did not stick, with what the model says now and what it said before training.
-NOT_LEARNED_SQL = ("select e.fact_id, s.prompt, e.target, e.answer, s.prediction as answer_before, s.drift "
+NOT_LEARNED_SQL = ("select e.fact_id, s.prompt, e.target, e.answer, e.answer_before, s.drift "
                    "from eval e join scored s using (fact_id) where e.kept and not e.efficacy")
 
 

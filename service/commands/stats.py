@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                               "exactly its answer.")
     p.add_argument("dataset", metavar="DIR", help="curated dataset folder, or a `beacon run` folder")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of the text summary")
-    p.add_argument("--threads", type=int, default=2, metavar="N", help="DuckDB threads (default 2)")
+    p.add_argument("--threads", type=_positive, default=2, metavar="N", help="DuckDB threads (default 2)")
     p.set_defaults(run=run)
 
 
@@ -30,6 +30,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(stats, str(local.dataset_dir)))
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def render(stats: dict, where: str) -> str:

@@ -37,3 +37,23 @@ def test_work_shorter_than_the_interval_prints_nothing() -> None:
 def test_bar_picks_tqdm_on_a_terminal_and_lines_elsewhere() -> None:
     assert type(bar(range(2), desc="x", stream=_Terminal())) is tqdm
     assert isinstance(bar(range(2), desc="x", stream=io.StringIO()), LineProgress)
+
+
+def test_the_trainer_reports_lines_from_its_global_step(capsys) -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from trainer.progress import LineProgressCallback
+
+    callback = LineProgressCallback()
+    callback.interval = 0
+    state = TrainerState(max_steps=4, global_step=1)  # a resumed run: one step was done before
+    args, control = TrainingArguments(output_dir="unused", report_to="none"), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    for step in (2, 3, 4):
+        state.global_step = step
+        callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines()[-1].startswith("train: 4/4 step (100%), ")
+    assert all(line.startswith("train: ") for line in err.splitlines())

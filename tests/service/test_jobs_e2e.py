@@ -112,6 +112,11 @@ def test_a_tiny_job_end_to_end(service: Service, client: httpx.Client, raw_id: s
             "logs/training.log"} <= paths
     assert paths == {a["path"] for a in job["artifacts"]}
     assert client.get(f"/jobs/{job_id}/artifacts/run/metrics.json").json() == job["metrics"]
+    assert "answer with the target" in job["metrics"]["summary"]
+    # A stage log is a file, not a terminal: progress there is whole lines, never carriage-return frames.
+    for log in sorted(p for p in paths if p.startswith("logs/")):
+        text = client.get(f"/jobs/{job_id}/artifacts/{log}").text
+        assert text and "\r" not in text, log
 
     # the curated output is a dataset with stats and queries
     scored = job["scored_dataset_id"]

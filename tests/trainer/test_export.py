@@ -121,13 +121,37 @@ def test_llama_factory_layouts_are_registered_and_readable(tmp_path: Path, fmt: 
     assert len(loaded) == 5
 
 
-def test_a_dataset_curated_with_the_older_map_meta_exports(tmp_path: Path) -> None:
+def test_a_dataset_curated_with_the_older_map_meta_reads_and_exports(tmp_path: Path) -> None:
+    from trainer.data import read_scored
+
     old_schema = pa.schema([f if f.name != "meta" else pa.field("meta", pa.map_(pa.string(), pa.string()),
                                                                  nullable=False) for f in SCORED_SCHEMA])
     rows = [dict(r, meta=[("origin", "old")]) for r in scored_rows()]
     dataset = write_dataset(tmp_path / "d", scored_rows())
     pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), dataset / "scored" / "part-00000.parquet")
+    table = read_scored(dataset)  # every column, as train and evaluate read it
+    assert table.schema.field("meta").type == SCORED_SCHEMA.field("meta").type
+    assert table.column("meta").to_pylist()[0] == [{"key": "origin", "value": "old"}]
     assert export(dataset, "jsonl", tmp_path / "x.jsonl").exported == 5
+
+
+def test_out_never_replaces_the_dataset_itself(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    dataset = write_dataset(run / "dataset", scored_rows())
+    for out in (run, dataset, tmp_path, dataset / "scored"):
+        with pytest.raises(ValueError, match="dataset"):
+            export(run, "hf", out, overwrite=True)
+    assert (dataset / "manifest.json").is_file() and len(list((dataset / "scored").iterdir())) == 1
+    # Beside the dataset, inside the run folder, is fine (what `beacon run` suggests).
+    assert export(run, "hf", run / "export-hf").exported == 5
+
+
+def test_a_dataset_without_kept_facts_is_an_error_not_an_empty_export(tmp_path: Path) -> None:
+    rows = [dict(r, keep=False, reason="high_drift", weight=0.0) for r in scored_rows()]
+    dataset = write_dataset(tmp_path / "d", rows)
+    with pytest.raises(ValueError, match="no kept fact to export .6 scored: high_drift 6"):
+        export(dataset, "hf", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_bad_requests_say_what_is_wrong(tmp_path: Path, capsys) -> None:
@@ -142,9 +166,15 @@ def test_bad_requests_say_what_is_wrong(tmp_path: Path, capsys) -> None:
     assert beacon(["export", str(dataset), "--format", "hf", "--out", str(tmp_path / "taken")]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    # --overwrite replaces like with like: a folder format a folder, not a folder with a file.
     assert beacon(["export", str(dataset), "--format", "jsonl", "--out", str(tmp_path / "taken"),
+                   "--overwrite"]) == 2
+    assert "is a folder, but jsonl writes a file" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    assert beacon(["export", str(dataset), "--format", "hf", "--out", str(tmp_path / "taken"),
                    "--overwrite"]) == 0
-    assert (tmp_path / "taken").is_file() and "exported 5 of 6 facts" in capsys.readouterr().out
+    assert (tmp_path / "taken" / "state.json").is_file() and not (tmp_path / "taken" / "keep.txt").exists()
+    assert "exported 5 of 6 facts" in capsys.readouterr().out
 
     empty = tmp_path / "not-a-dataset"
     empty.mkdir()
