@@ -48,3 +48,56 @@ def _read_everywhere(files: list[Path], cache: Path) -> dict[str, tuple[list[str
 def read_everywhere(tmp_path: Path):
     """``read_everywhere(files)``: what each library reads from ``files`` (see ``_read_everywhere``)."""
     return lambda files: _read_everywhere(files, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL cluster on a free loopback port for the session (scripts/postgres.sh;
+    `make setup` installs Debian's package when it is missing): its server URL."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    script = Path(__file__).parent / "scripts" / "postgres.sh"
+    folder = Path(tempfile.mkdtemp(prefix="beacon-pg-"))
+    folder.chmod(0o755)  # the cluster's owner (postgres, when the tests run as root) must reach it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = subprocess.run([str(script), "start", str(folder / "data"), str(port)], capture_output=True, text=True)
+    if started.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {started.stderr.strip()} (scripts/postgres.sh install)")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([str(script), "stop", str(folder / "data")], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_postgres_database(server: str) -> str:
+    """A new, empty database on ``server``: its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A new, empty database on the session's server (``new_postgres_database``)."""
+    return new_postgres_database(postgres_server)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def job_store_url(request, tmp_path_factory) -> str:
+    """For a module's service: SQLite in its data dir (empty string: the default) or a new PostgreSQL
+    database; the module's tests run once per store."""
+    if request.param == "sqlite":
+        return ""
+    return new_postgres_database(request.getfixturevalue("postgres_server"))

@@ -104,11 +104,12 @@ def build_scored(folder: Path, rows: int, seed: int = 0) -> float:
     return time.perf_counter() - started
 
 
-def seed_store(data_dir: Path, jobs: int, rows: int) -> None:
-    """Registers the datasets and ``jobs`` jobs (most finished, with metrics) in the job store."""
-    from service.store import Store
+def seed_store(database: str, jobs: int, rows: int) -> None:
+    """Registers the datasets and ``jobs`` jobs (most finished, with metrics) in the job store at
+    ``database`` (an SQLite path or a postgresql:// URL): the same rows in either."""
+    from service.store import open_store
 
-    store = Store(data_dir / "beacon.db")
+    store = open_store(database)
     store.migrate()
     store.insert_dataset(id=RAW_ID, kind="raw", name="synthetic.jsonl", path="uploads/synthetic.jsonl")
     store.insert_dataset(id=DATASET_ID, kind="scored", name="synthetic (curated)", format="parquet",
@@ -125,17 +126,22 @@ def seed_store(data_dir: Path, jobs: int, rows: int) -> None:
                                     for q in range(1, 5)}
     metrics["run"] = {"run_dir": "/data/jobs/job_0000000000000000/run", "dataset": "/data/datasets/x",
                       "drift_definition": "expected", "pushed_away_epsilon": 0.01}
-    with store.transaction() as con:
-        now = time.time()
-        for i in range(jobs):
-            status = "succeeded" if i % 10 else "queued"
-            con.execute(
-                "INSERT INTO jobs (id, request_hash, status, stage, progress, dataset_id, scored_dataset_id, "
-                "params, metrics, artifacts, created_at, updated_at) VALUES (?, 'h', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (f"job_{i:016x}", status, "evaluating" if i % 10 else None, 1.0 if i % 10 else 0.0, RAW_ID,
-                 DATASET_ID if i % 10 else None, json.dumps(params), json.dumps(metrics) if i % 10 else None,
-                 json.dumps([{"path": "run/metrics.json", "bytes": 4096}] * 8 if i % 10 else []),
-                 now - jobs + i, now - jobs + i))
+    now = time.time()
+    values = [(f"job_{i:016x}", "succeeded" if i % 10 else "queued", "evaluating" if i % 10 else None,
+               1.0 if i % 10 else 0.0, RAW_ID, DATASET_ID if i % 10 else None, json.dumps(params),
+               json.dumps(metrics) if i % 10 else None,
+               json.dumps([{"path": "run/metrics.json", "bytes": 4096}] * 8 if i % 10 else []),
+               now - jobs + i, now - jobs + i) for i in range(jobs)]
+    insert = ("INSERT INTO jobs (id, request_hash, status, stage, progress, dataset_id, scored_dataset_id, "
+              "params, metrics, artifacts, created_at, updated_at) VALUES (?, 'h', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    if database.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(database) as con, con.cursor() as cur:
+            cur.executemany(insert.replace("?", "%s"), values)
+    else:
+        with store.transaction() as con:
+            con.executemany(insert, values)
 
 
 class Heartbeats:
@@ -145,18 +151,23 @@ class Heartbeats:
     """
 
     SCRIPT = """
-import sqlite3, sys, time
-con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-rate, i = float(sys.argv[2]), 0
+import sys, time
+database, rate, i = sys.argv[1], float(sys.argv[2]), 0
+if database.startswith("postgresql://"):
+    import psycopg
+    con, mark = psycopg.connect(database, autocommit=True), "%s"
+else:
+    import sqlite3
+    con, mark = sqlite3.connect(database, isolation_level=None, timeout=30), "?"
+update = "UPDATE jobs SET progress = ?, updated_at = ?, lease_expires_at = ? WHERE id = ?".replace("?", mark)
 while True:
     time.sleep(1 / rate)
     i += 1
-    con.execute("UPDATE jobs SET progress = ?, updated_at = ?, lease_expires_at = ? WHERE id = ?",
-                (round((i % 100) / 100, 2), time.time(), time.time() + 30, f"job_{i % 50:016x}"))
+    con.execute(update, (round((i % 100) / 100, 2), time.time(), time.time() + 30, f"job_{i % 50:016x}"))
 """
 
-    def __init__(self, data_dir: Path, rate: float):
-        self.args = [sys.executable, "-c", self.SCRIPT, str(data_dir / "beacon.db"), str(rate)]
+    def __init__(self, database: str, rate: float):
+        self.args = [sys.executable, "-c", self.SCRIPT, database, str(rate)]
         self.rate = rate
         self.proc: subprocess.Popen | None = None
 
@@ -309,6 +320,40 @@ def cold_stats(url: str, repeats: int) -> dict:
     return summarize(latencies, errors=0, clients=1, wall=sum(latencies) / 1000)
 
 
+def postgres_scenarios(work: Path, data_dir: Path, args) -> dict:
+    """The GET /jobs scenarios again with the job store in a throwaway PostgreSQL (same jobs, same data
+    root, same server settings and load): only the store differs."""
+    script = REPO / "scripts" / "postgres.sh"
+    cluster = work / "pg"
+    work.chmod(0o755)  # the cluster's owner (postgres, when run as root) must reach its folder
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = subprocess.run([str(script), "start", str(cluster), str(port)], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    out: dict = {}
+    try:
+        seed_store(url, args.jobs, args.rows)
+        server = Server(data_dir, database=url)
+        try:
+            server.wait_ready()
+            print(f"GET /jobs at {args.clients} clients, PostgreSQL ...", flush=True)
+            out["jobs_list_postgres"] = asyncio.run(load(server.url, "/jobs", clients=args.clients,
+                                                         requests=args.requests, max_seconds=args.max_seconds,
+                                                         client=args.client))
+            print(f"GET /jobs at {args.clients} clients, {args.heartbeats} heartbeats/s, PostgreSQL ...", flush=True)
+            with Heartbeats(url, args.heartbeats):
+                out["jobs_list_busy_postgres"] = asyncio.run(load(
+                    server.url, "/jobs", clients=args.clients, requests=args.requests,
+                    max_seconds=args.max_seconds, client=args.client))
+            out["jobs_list_busy_postgres"]["heartbeats_per_second"] = args.heartbeats
+        finally:
+            server.stop()
+    finally:
+        subprocess.run([str(script), "stop", str(cluster)], capture_output=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the scored dataset")
@@ -322,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
                         help="load generator: a minimal asyncio HTTP/1.1 client, or httpx.AsyncClient")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder for service.json")
+    parser.add_argument("--postgres", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the GET /jobs scenarios on a PostgreSQL job store (scripts/postgres.sh "
+                             "starts a throwaway one), side by side with SQLite")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="beacon-bench-service-"))
@@ -332,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"building {args.rows:,} scored rows ...", flush=True)
         results["build_seconds"] = round(build_scored(data_dir / "datasets" / DATASET_ID, args.rows), 1)
-        seed_store(data_dir, args.jobs, args.rows)
+        sqlite_db = str(data_dir / "beacon.db")
+        seed_store(sqlite_db, args.jobs, args.rows)
         cached, uncached = Server(data_dir), Server(data_dir, stats_cache="false")
         try:
             cached.wait_ready()
@@ -345,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     requests=args.requests, max_seconds=args.max_seconds,
                                                     client=args.client))
             print(f"GET /jobs at {args.clients} clients, {args.heartbeats} heartbeats/s ...", flush=True)
-            with Heartbeats(data_dir, args.heartbeats):
+            with Heartbeats(sqlite_db, args.heartbeats):
                 results["jobs_list_busy"] = asyncio.run(load(
                     cached.url, "/jobs", clients=args.clients, requests=args.requests,
                     max_seconds=args.max_seconds, client=args.client))
@@ -357,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             cached.stop()
             uncached.stop()
+        if args.postgres:
+            results.update(postgres_scenarios(work, data_dir, args))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -368,11 +419,16 @@ def main(argv: list[str] | None = None) -> int:
           f"(load average {results['machine']['load_average_at_start']:.1f} at start), {args.client} client\n")
     print("| scenario | clients | requests | p50 ms | p99 ms | req/s | errors |")
     print("|---|---|---|---|---|---|---|")
-    for name, label in (("jobs_list", "`GET /jobs` (page of 20)"),
-                        ("jobs_list_busy", f"`GET /jobs` while jobs update {args.heartbeats:g}/s"),
+    for name, label in (("jobs_list", "`GET /jobs` (page of 20), SQLite"),
+                        ("jobs_list_postgres", "`GET /jobs` (page of 20), PostgreSQL"),
+                        ("jobs_list_busy", f"`GET /jobs` while jobs update {args.heartbeats:g}/s, SQLite"),
+                        ("jobs_list_busy_postgres",
+                         f"`GET /jobs` while jobs update {args.heartbeats:g}/s, PostgreSQL"),
                         ("stats_cached", "`GET /datasets/{id}/stats` (cached)"),
                         ("stats_uncached", "`GET /datasets/{id}/stats` (computed, cache off)")):
-        r = results[name]
+        r = results.get(name)
+        if r is None:
+            continue
         print(f"| {label} | {r['clients']} | {r['requests']} | {r['p50_ms']} | {r['p99_ms']} | {r['rps']} | "
               f"{r['errors']} |")
     print(f"\n-> {out / 'service.json'}")

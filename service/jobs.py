@@ -29,7 +29,7 @@ from scoring.progress import quiet_library_bars
 from service.datasets import Layout, PathError, confined, list_artifacts, scored_dataset_id
 from service.model_specs import resolve_job_model
 from service.settings import Settings
-from service.store import Claim, LeaseLost, Store
+from service.store import Claim, JobStore, LeaseLost
 from trainer.runs import is_trained, read_json, training_progress
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Stop(Exception):
 class JobRunner:
     """Runs one claimed job to a terminal status, or gives it up when the claim is lost or released."""
 
-    def __init__(self, store: Store, settings: Settings, layout: Layout, claim: Claim, stop: threading.Event):
+    def __init__(self, store: JobStore, settings: Settings, layout: Layout, claim: Claim, stop: threading.Event):
         self.store, self.settings, self.layout, self.claim, self.stop = store, settings, layout, claim, stop
         self.job = claim.job
         self.job_dir = layout.job_dir(claim.job_id)

@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     # --- where things live -----------------------------------------------------------------------
     data_dir: Path = Field(Path("beacon-data"), description="Root of uploads/, datasets/, jobs/, imports/ "
                                                             "and the job store (shared by API and workers).")
-    database: Path | None = Field(None, description="SQLite job store; default DATA_DIR/beacon.db.")
+    database: str | None = Field(None, description="Job store: a postgresql://user:password@host:port/db URL "
+                                                   "(workers on several hosts), or an SQLite file (a path or "
+                                                   "sqlite:PATH; one host); default DATA_DIR/beacon.db.")
 
     # --- HTTP ------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `beacon serve` binds.")
@@ -62,8 +64,9 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def database_path(self) -> Path:
-        return self.database or self.data_dir / "beacon.db"
+    def database_url(self) -> str:
+        """What ``service.store.open_store`` takes: the configured store, or SQLite in the data dir."""
+        return self.database or str(self.data_dir / "beacon.db")
 
     @property
     def heartbeat_every(self) -> float:

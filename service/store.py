@@ -1,4 +1,5 @@
-"""The job store: jobs, their events and the dataset registry in SQLite (WAL, one host).
+"""The job store: jobs, their events and the dataset registry; SQLite here (WAL, one host),
+PostgreSQL in ``service.store_pg`` (several hosts). ``open_store`` picks one from BEACON_DATABASE.
 
 The API and any number of workers on the same host share one database file. Every write that reads
 before it writes runs in ``BEGIN IMMEDIATE``, so two processes never decide on the same stale row; a
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from service.jsonsafe import dumps
 from service.store_schema import JOB_JSON, MIGRATIONS, SCHEMA_VERSION, UNREADABLE
@@ -51,20 +52,72 @@ class Claim:
         return self.job["id"]
 
 
+class JobStore(Protocol):
+    """What the API and the workers use of a job store; ``Store`` (SQLite) and
+    ``service.store_pg.PostgresStore`` implement it with the same semantics (tests/service/test_job_store.py
+    runs against both)."""
+
+    def migrate(self) -> int: ...
+    def ping(self) -> None: ...
+    def insert_dataset(self, **fields: Any) -> dict[str, Any]: ...
+    def get_dataset(self, *, dataset_id: str) -> dict[str, Any]: ...
+    def list_datasets(self, *, kind: str | None, limit: int, offset: int) -> tuple[list[dict], int]: ...
+    def job_of_dataset(self, *, scored_dataset_id: str, job_id: str | None = None) -> str | None: ...
+    def create_job(self, *, dataset_id: str, params: dict[str, Any], request_hash: str,
+                   idempotency_key: str | None) -> tuple[dict[str, Any], bool]: ...
+    def get_job(self, *, job_id: str) -> dict[str, Any]: ...
+    def job_json(self, *, job_id: str) -> bytes: ...
+    def list_jobs_json(self, *, status: str | None, limit: int, offset: int) -> bytes: ...
+    def request_cancel(self, *, job_id: str) -> dict[str, Any]: ...
+    def list_events(self, *, job_id: str, after: int, limit: int) -> tuple[list[dict], int]: ...
+    def claim_job(self, *, worker_id: str, lease_seconds: float, max_attempts: int) -> Claim | None: ...
+    def heartbeat(self, claim: Claim, *, lease_seconds: float, progress: float | None = None) -> bool: ...
+    def cancel_requested(self, claim: Claim) -> bool: ...
+    def update_job(self, claim: Claim, *, event: tuple[str, str] | None = None,
+                   event_data: dict | None = None, **fields: Any) -> None: ...
+    def finish_job(self, claim: Claim, *, status: str, message: str, error: str | None = None,
+                   metrics: dict | None = None, artifacts: list | None = None) -> None: ...
+    def release_job(self, claim: Claim, *, reason: str) -> None: ...
+    def add_event(self, *, job_id: str, kind: str, message: str, data: dict | None = None) -> None: ...
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
 
 
-def _row(cursor: sqlite3.Cursor, values: tuple) -> dict[str, Any]:
-    row = {}
-    for (name, *_), value in zip(cursor.description, values, strict=True):
-        if name in _JSON_COLUMNS and value is not None:
+def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with its JSON columns (stored as text in both stores) decoded."""
+    for name in _JSON_COLUMNS:
+        value = row.get(name)
+        if value is not None and isinstance(value, str):
             try:  # NaN / Infinity (which Python's json would take) read as null: no answer can hold them
-                value = json.loads(value, parse_constant=lambda _: None)
+                row[name] = json.loads(value, parse_constant=lambda _: None)
             except ValueError:  # written by hand or an older Beacon: readable, and flagged
-                value = {"unreadable": UNREADABLE}
-        row[name] = value
+                row[name] = {"unreadable": UNREADABLE}
     return row
+
+
+def _row(cursor: sqlite3.Cursor, values: tuple) -> dict[str, Any]:
+    return decode_row({name: value for (name, *_), value in zip(cursor.description, values, strict=True)})
+
+
+def open_store(database: str | Path) -> JobStore:
+    """The job store ``database`` names: a ``postgresql://`` (or ``postgres://``) URL, else SQLite at
+    a path (``sqlite:PATH`` or a plain path). Both have the same methods and semantics.
+
+    Raises:
+        ValueError: a URL of another scheme (the message names it).
+    """
+    text = str(database)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in ("postgresql", "postgres"):
+        from service.store_pg import PostgresStore
+
+        return PostgresStore(text)
+    if scheme:
+        raise ValueError(f"BEACON_DATABASE {scheme}://… is not a job store Beacon knows; use a path or "
+                         "sqlite:PATH for SQLite, or postgresql://user:password@host:port/db")
+    return Store(text[len("sqlite:"):] if text.startswith("sqlite:") else text)
 
 
 class Store:

@@ -61,6 +61,89 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# The same schema in PostgreSQL, one entry per SQLite migration (the version counts the same). Times
+# are epoch seconds in both; JSON columns are of type JSON here, so PostgreSQL refuses invalid JSON (the
+# "unreadable" rows SQLite must tolerate cannot exist) and renders the API's JSON itself (PG_JOB_JSON).
+PG_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('raw', 'scored')),
+        name TEXT NOT NULL,
+        format TEXT,
+        path TEXT NOT NULL,
+        bytes BIGINT,
+        sha256 TEXT,
+        rows BIGINT,
+        source_dataset_id TEXT,
+        config_hash TEXT,
+        job_id TEXT,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX datasets_created ON datasets (created_at);
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        idempotency_key TEXT UNIQUE,
+        request_hash TEXT NOT NULL,
+        status TEXT NOT NULL,
+        stage TEXT,
+        progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+        dataset_id TEXT NOT NULL REFERENCES datasets (id),
+        scored_dataset_id TEXT,
+        params JSON NOT NULL,
+        error TEXT,
+        metrics JSON,
+        artifacts JSON,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        worker_id TEXT,
+        lease_token TEXT,
+        lease_expires_at DOUBLE PRECISION,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION
+    );
+    CREATE INDEX jobs_created ON jobs (created_at, id);
+    CREATE INDEX jobs_status ON jobs (status, created_at, id);
+    CREATE TABLE events (
+        id BIGSERIAL PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs (id),
+        at DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        data JSON
+    );
+    CREATE INDEX events_job ON events (job_id, id);
+    -- Every committed change to a job notifies the API processes, whose cached pages of jobs it ends
+    -- (an UPDATE that matches no row, as an idle worker's claim, notifies nothing).
+    CREATE FUNCTION beacon_jobs_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('beacon_jobs', '');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_changed AFTER INSERT OR UPDATE OR DELETE ON jobs
+        FOR EACH ROW EXECUTE FUNCTION beacon_jobs_changed();  -- rows changed, not statements run
+    """,
+]
+assert len(PG_MIGRATIONS) == len(MIGRATIONS), "every migration needs its PostgreSQL twin"
+
+
+def _pg_iso(column: str) -> str:
+    # As SQLite's strftime('%Y-%m-%dT%H:%M:%fZ'): milliseconds, UTC, 'Z'.
+    return f"to_char(to_timestamp({column}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+
+# A job as the API shows it, rendered by PostgreSQL (as JOB_JSON by SQLite): the hottest read skips
+# decoding and re-encoding every JSON column in Python.
+PG_JOB_JSON = f"""json_build_object(
+    'id', id, 'idempotency_key', idempotency_key, 'status', status, 'stage', stage, 'progress', progress,
+    'dataset_id', dataset_id, 'scored_dataset_id', scored_dataset_id, 'params', params, 'error', error,
+    'metrics', metrics, 'artifacts', coalesce(artifacts, '[]'::json), 'cancel_requested', cancel_requested <> 0,
+    'attempts', attempts, 'worker_id', worker_id, 'created_at', {_pg_iso('created_at')},
+    'updated_at', {_pg_iso('updated_at')}, 'started_at', {_pg_iso('started_at')},
+    'finished_at', {_pg_iso('finished_at')})"""
+
 
 def _iso(column: str) -> str:
     return f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}, 'unixepoch')"

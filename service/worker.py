@@ -18,7 +18,7 @@ import uuid
 from service.datasets import Layout
 from service.jobs import JobRunner
 from service.settings import Settings
-from service.store import Store
+from service.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class Worker:
     def __init__(self, settings: Settings, *, worker_id: str | None = None):
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
-        self.store = Store(settings.database_path)
+        self.store = open_store(settings.database_url)
         self.layout = Layout.at(settings.data_dir)
         self.stop = threading.Event()
 

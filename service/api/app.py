@@ -22,7 +22,7 @@ from service.api.upload import remove_stale_uploads
 from service.query import remove_stale_spill
 from service.datasets import Layout
 from service.settings import Settings, get_settings
-from service.store import Store
+from service.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.check_serving()
     if settings.token() is None:
         log.warning("dev mode without BEACON_API_TOKEN: anyone who reaches this server can start jobs")
-    store = Store(settings.database_path)
+    store = open_store(settings.database_url)
     store.migrate()
     app = FastAPI(title="Beacon", version=beacon_version(), description=DESCRIPTION)
     app.state.settings = settings

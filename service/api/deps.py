@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.api.models import DATASET_ID, JOB_ID
 from service.datasets import Layout
 from service.settings import Settings
-from service.store import NotFound, Store
+from service.store import JobStore, NotFound
 
 _bearer = HTTPBearer(auto_error=False, description="BEACON_API_TOKEN")
 
@@ -25,7 +25,7 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
@@ -38,7 +38,7 @@ async def get_query_slots(request: Request) -> threading.BoundedSemaphore:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[Store, Depends(get_store)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
 LayoutDep = Annotated[Layout, Depends(get_layout)]
 QuerySlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_query_slots)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

@@ -70,6 +70,12 @@ class Service:
             time.sleep(0.1)
         raise RuntimeError(f"server did not come up: {self.log('server')}")
 
+    def restart_server(self) -> "Service":
+        """SIGTERM the API, wait for it, start it again on the same port."""
+        self.server.send_signal(signal.SIGTERM)
+        self.server.wait(timeout=20)
+        return self.start_server()
+
     def start_worker(self) -> subprocess.Popen:
         worker = self._spawn(f"worker-{len(self.workers)}", "worker")
         self.workers.append(worker)

@@ -21,8 +21,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory) -> Service:
-    svc = Service(tmp_path_factory.mktemp("jobs")).start_server()
+def service(tmp_path_factory, job_store_url: str) -> Service:
+    # Once with SQLite, once with PostgreSQL (job_store_url, conftest.py): the same jobs, the same checks.
+    settings = {"database": job_store_url} if job_store_url else {}
+    svc = Service(tmp_path_factory.mktemp("jobs"), **settings).start_server()
     svc.start_worker()
     yield svc
     svc.stop()
@@ -80,6 +82,9 @@ def test_a_worker_killed_mid_job_does_not_lose_the_job(service: Service, client:
     worker.wait()
     wait_for(lambda: not alive(pid), timeout=10, what="the stage process to die with its worker")
     assert client.get(f"/jobs/{job_id}").json()["status"] == "training"  # nobody finished it
+    before = events(client, job_id)
+    service.restart_server()  # the API restarted mid-job loses nothing
+    assert events(client, job_id) == before
 
     service.start_worker()  # a restarted worker takes the job over once the lease (3 s) expires
     job = wait_status(client, service, job_id, {"succeeded", "failed", "cancelled"}, timeout=400)
@@ -113,6 +118,16 @@ def test_a_tiny_job_end_to_end(service: Service, client: httpx.Client, raw_id: s
     assert paths == {a["path"] for a in job["artifacts"]}
     assert client.get(f"/jobs/{job_id}/artifacts/run/metrics.json").json() == job["metrics"]
     assert "answer with the target" in job["metrics"]["summary"]
+    # The job lives in the store the service was given, and only there.
+    database = service.env.get("BEACON_DATABASE", "")
+    if database.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(database) as con:
+            assert con.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone() == ("succeeded",)
+        assert not (service.data_dir / "beacon.db").exists()
+    else:
+        assert (service.data_dir / "beacon.db").is_file()
     # A stage log is a file, not a terminal: progress there is whole lines, never carriage-return frames.
     for log in sorted(p for p in paths if p.startswith("logs/")):
         text = client.get(f"/jobs/{job_id}/artifacts/{log}").text

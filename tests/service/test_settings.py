@@ -17,7 +17,7 @@ def test_settings_come_from_beacon_variables(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("BEACON_LEASE_SECONDS", "9")
     monkeypatch.setenv("BEACON_API_TOKEN", "t0k")
     settings = Settings()
-    assert settings.data_dir == tmp_path and settings.database_path == tmp_path / "beacon.db"
+    assert settings.data_dir == tmp_path and settings.database_url == str(tmp_path / "beacon.db")
     assert settings.lease_seconds == 9 and settings.heartbeat_every == 3 and settings.token() == "t0k"
     assert "t0k" not in repr(settings)  # the token never shows in logs
 

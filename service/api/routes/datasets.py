@@ -16,7 +16,7 @@ from service.api.models import Dataset, DatasetKind, DatasetStats, Page, QueryAn
 from service.api.upload import UploadError, receive_upload, safe_suffix
 from service.datasets import DatasetUnreadable, Layout, PathError, cached_stats, dataset_stats, scored_files
 from service.query import QueryError, QueryLimits, QueryTooLarge, run_query
-from service.store import Store, new_id
+from service.store import JobStore, new_id
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 FORMATS = list(get_args(InputFormat))
@@ -135,7 +135,7 @@ def query_dataset(dataset: ScoredDatasetDep, body: QueryRequest, store: StoreDep
                        truncated=result.truncated, elapsed_ms=result.elapsed_ms)
 
 
-def _files(store: Store, layout: Layout, dataset: dict[str, Any], job_id: str | None):
+def _files(store: JobStore, layout: Layout, dataset: dict[str, Any], job_id: str | None):
     found = store.job_of_dataset(scored_dataset_id=dataset["id"], job_id=job_id)
     if job_id is not None and found is None:
         raise HTTPException(status_code=404, detail=f"job {job_id} did not use dataset {dataset['id']}")

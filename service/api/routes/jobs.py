@@ -14,7 +14,7 @@ from service.api.models import Artifact, Event, Job, JobCreate, JobStatus, Page
 from service.datasets import Layout, PathError, confined, list_artifacts
 from service.model_specs import ModelNotAllowed, check_job_model
 from service.settings import Settings
-from service.store import Conflict, NotFound, Store
+from service.store import Conflict, JobStore, NotFound
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 # Jobs go out as the store renders them (the ``Job`` model is their documented shape): no Python
@@ -84,7 +84,7 @@ def _check_models(body: JobCreate, layout: Layout, settings: Settings) -> None:
             raise invalid(f"{section}.{key}", str(e), spec) from None
 
 
-def _source_dataset(body: JobCreate, store: Store, layout: Layout) -> dict[str, Any]:
+def _source_dataset(body: JobCreate, store: JobStore, layout: Layout) -> dict[str, Any]:
     if body.dataset_id is not None:
         try:
             dataset = store.get_dataset(dataset_id=body.dataset_id)
