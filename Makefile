@@ -8,7 +8,7 @@ LOCK   := requirements.lock
 # pip-tools in a venv of its own, pinned: the lock is a build input, so is the tool that writes it.
 LOCKER := .venv-lock/bin/pip-compile
 
-.PHONY: setup run test lock lock-upgrade postgres bench bench-knowledge bench-closed-loop clean
+.PHONY: setup run test lock lock-upgrade postgres docker-smoke bench bench-knowledge bench-closed-loop clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ bench-closed-loop: setup
 postgres:
 	scripts/postgres.sh install
 	@echo "export BEACON_DATABASE=$$(scripts/postgres.sh start $(CURDIR)/.postgres 5433)"
+
+# Build the images, docker compose up (API + worker + PostgreSQL), one tiny job through the API, down.
+docker-smoke:
+	scripts/docker-smoke.sh
 
 # Re-resolve requirements.lock after a change to pyproject.toml or requirements.in, keeping every pin
 # that still fits; `make lock-upgrade` moves every package to its newest allowed version. Commit the lock.
