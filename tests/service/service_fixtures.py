@@ -70,9 +70,9 @@ class Service:
             time.sleep(0.1)
         raise RuntimeError(f"server did not come up: {self.log('server')}")
 
-    def restart_server(self) -> "Service":
-        """SIGTERM the API, wait for it, start it again on the same port."""
-        self.server.send_signal(signal.SIGTERM)
+    def restart_server(self, sig: int = signal.SIGKILL) -> "Service":
+        """Kill the API (SIGKILL by default: no clean shutdown), start it again on the same port."""
+        self.server.send_signal(sig)
         self.server.wait(timeout=20)
         return self.start_server()
 

@@ -83,7 +83,7 @@ def test_a_worker_killed_mid_job_does_not_lose_the_job(service: Service, client:
     wait_for(lambda: not alive(pid), timeout=10, what="the stage process to die with its worker")
     assert client.get(f"/jobs/{job_id}").json()["status"] == "training"  # nobody finished it
     before = events(client, job_id)
-    service.restart_server()  # the API restarted mid-job loses nothing
+    service.restart_server()  # the API killed (SIGKILL) and restarted mid-job loses nothing
     assert events(client, job_id) == before
 
     service.start_worker()  # a restarted worker takes the job over once the lease (3 s) expires
