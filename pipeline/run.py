@@ -36,6 +36,7 @@ from pipeline.read_facts import ReadFacts
 from pipeline.text import normalize_text
 from pipeline.write import WriteScored
 from schemas import Manifest
+from schemas.manifest import local_folder
 from scoring.risk import risk
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,8 @@ def curate(inputs: list[str], out_dir: str, config: CurateConfig, beam_args: lis
     Raises:
         ValueError: unreadable input or invalid option; FileExistsError: ``out_dir`` is not empty.
     """
+    out = local_folder(out_dir, "--out")
     specs = check_inputs(inputs, config.format)
-    out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
     options = pipeline_options(beam_args)

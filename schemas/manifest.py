@@ -15,6 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.scoring_spec import ScoringSpec
 
 MANIFEST_FILE = "manifest.json"
+
+
+def local_folder(path: str | Path, role: str) -> Path:
+    """``path`` as a local folder, or an error for a URL: a ``pathlib.Path`` collapses ``s3://b/x`` into
+    the local folder ``s3:/b/x``, which would silently write (or look for) a dataset in the wrong place.
+
+    Raises:
+        ValueError: ``path`` is a URL (the message names it and what to do instead).
+    """
+    text = str(path)
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ValueError(f"{role} {text}: datasets on {scheme}:// are not supported yet (inputs are: "
+                         "`beacon curate s3://…/facts.jsonl` reads through Beam's filesystems); use a local "
+                         "folder, and copy it to or from the object store with its own tool")
+    return Path(path)
 # The points at which every score's distribution is summarised (manifest and dataset stats alike).
 QUANTILES: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 
@@ -80,7 +96,7 @@ class Manifest(BaseModel):
 
     @classmethod
     def path_in(cls, dataset_dir: str | Path) -> Path:
-        return Path(dataset_dir) / MANIFEST_FILE
+        return local_folder(dataset_dir, "dataset") / MANIFEST_FILE
 
     @classmethod
     def exists_in(cls, dataset_dir: str | Path) -> bool:
@@ -94,7 +110,7 @@ class Manifest(BaseModel):
             FileNotFoundError: neither holds a manifest (the message names ``path``).
             ValueError: the manifest is damaged.
         """
-        path = Path(path)
+        path = local_folder(path, "dataset")
         if cls.exists_in(path / "dataset"):
             if cls.exists_in(path):
                 raise ValueError(f"{path} holds a dataset (manifest.json) and a `beacon run` "

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Manifest, ScoringSpec
+from schemas.manifest import local_folder
 from service.jsonsafe import dumps
 
 HISTOGRAM_BINS = 20
@@ -236,7 +237,7 @@ def local_dataset(path: str | Path) -> LocalDataset:
         FileNotFoundError: ``path`` holds no manifest, neither itself nor ``path/dataset`` (names it).
         ValueError: the manifest is damaged.
     """
-    root = Path(path)
+    root = local_folder(path, "dataset")
     dataset_dir = Manifest.locate(root)
     run_dir = root / "run" if dataset_dir != root else None
     return LocalDataset(root=root, dataset_dir=dataset_dir, run_dir=run_dir, files=_files_of(dataset_dir, run_dir))

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas import ScoringSpec
+from schemas.manifest import local_folder
 from trainer.config import EvalConfig, TrainConfig
 from trainer.data import read_dataset_info, read_scored
 from trainer.files import write_json, write_parquet
@@ -40,7 +41,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
     """
     started = time.perf_counter()
     config = config or EvalConfig()
-    run_dir = Path(run_dir)
+    run_dir = local_folder(run_dir, "run")
     run_path = run_dir / RUN_CONFIG
     if not run_path.is_file():
         raise FileNotFoundError(f"{run_path} not found: is {run_dir} a run written by `beacon train`?")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Manifest
+from schemas.manifest import local_folder
 from scoring.lm_scores import format_prompt, target_text
 from trainer.data import read_scored
 
@@ -79,7 +80,7 @@ def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = 
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of: {', '.join(FORMATS)}")
-    given, out = Path(dataset), Path(out)
+    given, out = local_folder(dataset, "dataset"), local_folder(out, "--out")
     dataset = Manifest.locate(given)
     _check_out(out, fmt, given=given, dataset=dataset, overwrite=overwrite)
     manifest = Manifest.read(dataset)

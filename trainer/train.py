@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas.manifest import local_folder
 from trainer.config import TrainConfig
 from trainer.data import DatasetInfo, read_dataset_info, read_scored
 from trainer.files import write_json
@@ -102,7 +103,7 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
     started = time.perf_counter()
     main = is_main_process()
     # --- 1. validate the config against the dataset and any earlier attempt -----------------------
-    run_dir = Path(run_dir)
+    run_dir = local_folder(run_dir, "--out")
     info = read_dataset_info(dataset_dir)
     record = run_record(config, info)
     config = TrainConfig.model_validate(record["train"])  # dataset-derived defaults resolved

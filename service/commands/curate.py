@@ -7,11 +7,10 @@ import argparse
 from pipeline.config import CurateConfig
 from service.commands.config_flags import add_config_flags, load_configs
 
-EPILOG = """Any other --option is passed to Apache Beam, e.g. a distributed run:
-  beacon curate gs://bucket/facts.jsonl --out gs://bucket/curated --runner=DataflowRunner \\
-      --project=P --region=R --temp_location=gs://bucket/tmp
-Default runner: FnApiRunner (in-process). Multi-process locally:
-  --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing"""
+EPILOG = """Any other --option is passed to Apache Beam. Default runner: FnApiRunner (in-process).
+Multi-process locally:
+  --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
+INPUT may be an object-store URL (s3://, gs://: Beam's filesystems); --out must be a local folder."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -129,3 +129,13 @@ def test_exact_copies_get_their_own_fact_id_so_joins_are_one_row_per_fact(tmp_pa
     joined = duckdb.connect().execute(f"select count(*) from '{out}/scored/*.parquet' a "
                                       f"join '{out}/scored/*.parquet' b using (fact_id)").fetchone()[0]
     assert joined == 4
+
+
+@pytest.mark.parametrize("url", ["s3://beacon/curated", "gs://bucket/out", "az://c/d"])
+def test_an_object_store_output_is_refused_not_written_to_a_local_look_alike(tmp_path, monkeypatch, url):
+    """Regression: `--out s3://beacon/curated` printed success and wrote ./s3:/beacon/curated/."""
+    monkeypatch.chdir(tmp_path)
+    scheme = url.split("://")[0]
+    with pytest.raises(ValueError, match=f"--out {url}: datasets on {scheme}:// are not supported yet"):
+        curate([str(FIXTURE)], url, CurateConfig())
+    assert list(tmp_path.iterdir()) == []
