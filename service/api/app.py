@@ -14,7 +14,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from scoring.models import beacon_version
 from service.api.routes import datasets, health, jobs
@@ -45,7 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning("dev mode without BEACON_API_TOKEN: anyone who reaches this server can start jobs")
     store = open_store(settings.database_url)
     store.migrate()
-    app = FastAPI(title="Beacon", version=beacon_version(), description=DESCRIPTION)
+    # /docs from the package's own Swagger UI assets (FastAPI's default loads them from a CDN).
+    app = FastAPI(title="Beacon", version=beacon_version(), description=DESCRIPTION, docs_url=None,
+                  redoc_url=None)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_assets()), name="docs-assets")
+    app.add_api_route("/docs", api_docs, include_in_schema=False)
     app.state.settings = settings
     app.state.store = store
     app.state.layout = Layout.at(settings.data_dir)
@@ -61,6 +67,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def swagger_ui_assets() -> str:
+    """The Swagger UI files (5.x, which renders OpenAPI 3.1) that the `swagger-ui-py` package ships."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is missing; reinstall Beacon (make setup)")
+    return os.path.join(spec.submodule_search_locations[0], "static")
+
+
+async def api_docs(request: Request) -> HTMLResponse:
+    """The OpenAPI UI, every asset served by this server: it works with no network."""
+    return get_swagger_ui_html(openapi_url=request.app.openapi_url, title="Beacon API",
+                               swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                               swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
