@@ -12,7 +12,7 @@ import warnings
 from scoring.progress import quiet_library_bars
 
 # Imported lazily so `beacon --help` does not pay for torch or Beam.
-COMMANDS = ["models", "curate", "train", "eval", "run", "stats", "query", "export", "serve", "worker"]
+COMMANDS = ["models", "curate", "train", "eval", "run", "stats", "query", "export", "report", "serve", "worker"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
     from trainer.evaluate import evaluate
 
     print_evaluated(evaluate(run_dir, eval_config), str(run_dir))
+    from service.report import write_report
+
+    report = write_report(out)
     print(f"\ndone in {time.perf_counter() - started:.0f}s: dataset {dataset_dir}/  run {run_dir}/")
+    print(f"  report -> {report.path}  (one HTML file: open it in a browser, no network needed)")
     print("next:")
     for hint in next_commands(args.out):
         print(f"  {hint}")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from service_fixtures import Service
+from service_fixtures import MINI_FACTS, Service
 
 pytestmark = pytest.mark.slow  # a real server and a real browser
 
@@ -25,3 +28,66 @@ def test_the_openapi_ui_renders_offline(service: Service, page, screenshot) -> N
     screenshot(page, "docs-1280")
     page.set_viewport_size({"width": 390, "height": 844})
     screenshot(page, "docs-390")
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory) -> Path:
+    """`beacon run` on the mini fixture, 3 steps: a run folder with its report."""
+    from service.cli import main as beacon
+
+    out = tmp_path_factory.mktemp("report") / "run"
+    assert beacon(["run", str(MINI_FACTS), "--out", str(out), "--max-steps", "3", "--no-progress"]) == 0
+    return out
+
+
+def test_beacon_run_writes_a_self_contained_report(sample_run: Path, page, screenshot) -> None:
+    report = sample_run / "report.html"
+    text = report.read_text()
+    assert "<script src" not in text and "<link" not in text and "http://" not in text.replace(
+        "http://www.w3.org", "")  # nothing to fetch
+    metrics = json.loads((sample_run / "run" / "metrics.json").read_text())
+    page.goto(report.as_uri())
+    assert page.locator(".summary").inner_text() == metrics["summary"]
+    rows = page.locator("#fact-table tr[data-state]")
+    assert rows.count() == metrics["all"]["n"] == 8
+    # Filter to the facts that did not stick, then search among all of them.
+    not_learned = sum(1 for i in range(rows.count()) if rows.nth(i).get_attribute("data-state") == "not learned")
+    page.select_option("#state", "not learned") if not_learned else None
+    visible = page.locator("#fact-table tr[data-state]:not([hidden])")
+    assert visible.count() == (not_learned or 8)
+    page.select_option("#state", "")
+    page.fill("#search", "Kenya")
+    assert page.locator("#count").inner_text() == f"{visible.count()} of 8 shown" and visible.count() == 2
+    page.fill("#search", "")
+    assert page.locator("svg.chart").count() >= 3  # the curve and the histograms, inline
+    assert page.external == []
+    screenshot(page, "report-1280")
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshot(page, "report-390")
+    # By keyboard: Tab reaches the filter (past the tables Chromium makes focusable when they scroll
+    # sideways at phone width), then the search box; typing there filters the table.
+    page.click("h1")  # start sequential focus navigation at the top
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "state":
+            break
+    assert page.evaluate("document.activeElement.id") == "state"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "search"
+    page.keyboard.type("Kenya")
+    assert page.locator("#count").inner_text() == "2 of 8 shown"
+
+
+def test_a_dataset_report_shows_reasons_conflicts_and_rejections(curated: Path, tmp_path: Path, page,
+                                                                   screenshot) -> None:
+    from service.cli import main as beacon
+
+    out = tmp_path / "dataset-report.html"
+    assert beacon(["report", str(curated), "--out", str(out)]) == 0
+    page.goto(out.as_uri())
+    text = page.locator("body").inner_text()
+    assert "Conflicts: the same question, two answers" in text and "Rejected records (4)" in text
+    assert "Mombasa" in text and "Kisumu" in text and "line is not valid JSON" in text
+    assert page.locator("#fact-table").count() == 0  # a dataset alone has no run to show
+    assert page.external == []
+    screenshot(page, "report-dataset-1280")
