@@ -80,7 +80,7 @@ def _run_part(run_dir: Path, dataset_dir: Path) -> dict[str, Any] | None:
                       "state": _state(row)})
     order = {"not learned": 0, "pushed away": 1, "filtered": 2, "learned": 3, "known before": 4}
     facts.sort(key=lambda f: (order[f["state"]], f["fact_id"]))
-    curve = _curve(run_dir / "trace.parquet", metrics["kept"]["n"])
+    curve = curve_points(run_dir / "trace.parquet", metrics["kept"]["n"])
     groups = [("kept (trained)", metrics["kept"]), ("filtered (untrained)", metrics["filtered"])]
     groups += [(f"kept, drift {q}", g) for q, g in metrics["by_drift_quartile"].items()]
     return {"metrics": metrics, "groups": groups, "facts": facts[:MAX_FACT_ROWS], "facts_total": len(facts),
@@ -96,14 +96,18 @@ def _state(row: dict[str, Any]) -> str:
     return "pushed away" if row["pushed_away"] else "not learned"
 
 
-def _curve(trace_path: Path, trained: int) -> list[tuple[int, float, float]]:
-    """(step, fraction of trained facts whose latest visit had them learned, mean loss of the step)."""
+def curve_points(trace_path: Path, trained: int | None) -> list[tuple[int, float, float]]:
+    """(step, share of the ``trained`` facts whose latest visit had them learned, mean loss of the step),
+    from a run's ``trace.parquet`` (``trained`` None: the facts the trace has seen so far)."""
     import pyarrow.parquet as pq
 
-    if not trace_path.is_file() or not trained:
+    if not trace_path.is_file():
         return []
     rows = sorted(pq.read_table(trace_path, columns=["step", "fact_id", "loss", "learned"]).to_pylist(),
                   key=lambda r: r["step"])
+    trained = trained or len({r["fact_id"] for r in rows})
+    if not trained:
+        return []
     state: dict[str, bool] = {}
     points, losses, step = [], [], None
     for r in rows + [{"step": None}]:

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from scoring.models import beacon_version
-from service.api.routes import datasets, health, jobs
+from service.api.routes import datasets, health, jobs, pages
 from service.api.upload import remove_stale_uploads
 from service.query import remove_stale_spill
 from service.datasets import Layout
@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.mount("/static", StaticFiles(directory=pages.static_folder()), name="static")
+    app.include_router(pages.router)
     return app
 
 

@@ -27,6 +27,18 @@ class Page(BaseModel, Generic[T]):
 
 # --- jobs ------------------------------------------------------------------------------------------
 
+class CurvePoint(BaseModel):
+    step: int
+    learned: float = Field(description="Share of the kept facts whose latest visit had them learned.")
+    loss: float = Field(description="Mean training loss of the step's visits.")
+
+
+class Curve(BaseModel):
+    """What ``GET /jobs/{id}/curve`` answers."""
+
+    points: list[CurvePoint]
+
+
 class JobCreate(BaseModel):
     """A job: curate a dataset, train a LoRA adapter on its kept facts, evaluate it."""
 

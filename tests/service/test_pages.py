@@ -91,3 +91,89 @@ def test_a_dataset_report_shows_reasons_conflicts_and_rejections(curated: Path, 
     assert page.locator("#fact-table").count() == 0  # a dataset alone has no run to show
     assert page.external == []
     screenshot(page, "report-dataset-1280")
+
+
+@pytest.fixture(scope="module")
+def busy_service(tmp_path_factory) -> Service:
+    """A server and a worker: the dashboard drives real jobs."""
+    svc = Service(tmp_path_factory.mktemp("dashboard")).start_server()
+    svc.start_worker()
+    yield svc
+    svc.stop()
+
+
+def test_a_newcomer_uploads_runs_a_job_and_finds_the_facts_that_did_not_stick(busy_service: Service, page,
+                                                                              screenshot) -> None:
+    from service_fixtures import TOKEN
+
+    svc = busy_service
+    page.goto(f"{svc.url}/")
+    page.wait_for_selector("#train-fields input[name='train.max_steps']")
+    screenshot(page, "dashboard-jobs-empty-1280")
+
+    def fill_and_submit() -> None:
+        page.set_input_files("#file", str(MINI_FACTS))
+        page.fill("input[name='train.max_steps']", "3")
+        page.click("#new-job button[type=submit]")
+
+    fill_and_submit()
+    # Uploading needs the token: the page asks for it once, as a sentence, and keeps it for the tab.
+    page.wait_for_selector("#token-form:not([hidden])")
+    assert "API token" in page.locator("#error").inner_text()
+    page.fill("#token", TOKEN)
+    page.click("#token-form button[type=submit]")
+    page.wait_for_selector("#train-fields input[name='train.max_steps']")
+    assert page.evaluate("sessionStorage.getItem('beacon-token')") == TOKEN
+    assert TOKEN not in page.url
+    fill_and_submit()
+    page.wait_for_url("**/ui/jobs/job_*", timeout=30_000)
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("#status:text('succeeded')", timeout=400_000)
+    assert page.locator("#timeline li").count() >= 5  # queued, claimed, stages, succeeded
+    assert page.locator("#curve svg").count() == 1
+    summary = page.locator("#summary").inner_text()
+    assert "answer with the target" in summary
+    page.wait_for_selector("#facts tbody tr")
+    assert page.locator("#fact-count").inner_text() == "8 facts"
+    screenshot(page, "dashboard-job-1280")
+    # The facts that did not stick, with what the model said instead.
+    page.select_option("#filter", "not_learned")
+    page.wait_for_function("document.querySelector('#fact-count').textContent !== '8 facts'")
+    not_learned = int(page.locator("#fact-count").inner_text().split()[0])
+    assert page.locator("#facts tbody tr").count() == not_learned
+    page.select_option("#filter", "all")
+    page.fill("#search", "Kenya")
+    page.wait_for_function("document.querySelector('#fact-count').textContent === '2 facts'")
+    page.fill("#search", "")
+    page.locator("#facts th button", has_text="drift before").click()  # sortable
+    page.wait_for_function("document.querySelector('#facts th[aria-sort=ascending]') !== null")
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshot(page, "dashboard-job-390")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # The curated dataset: reasons, charts, conflicts, rejected records, and the SQL box.
+    page.click("#dataset-link")
+    page.wait_for_selector("#reasons tbody tr")
+    assert "Kisumu" in page.locator("#conflicts").inner_text()
+    page.wait_for_selector("#rejected tbody tr")
+    assert page.locator("#rejected tbody tr").count() == 4
+    assert page.locator("#charts svg").count() == 3
+    page.fill("#sql", "select count(*) as n from scored where keep")
+    page.click("#sql-form button")
+    page.wait_for_selector("#sql-result tbody tr")
+    assert page.locator("#sql-result tbody td").inner_text() == "6"
+    page.fill("#sql", "delete from scored")
+    page.click("#sql-form button")
+    page.wait_for_selector("#sql-error:not([hidden])")
+    assert "only SELECT queries are allowed" in page.locator("#sql-error").inner_text()
+    screenshot(page, "dashboard-dataset-1280")
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshot(page, "dashboard-dataset-390")
+
+    # Back on the jobs list: the job, finished; a bad page is a sentence, not a stack.
+    page.goto(f"{svc.url}/")
+    page.wait_for_selector(f"#jobs a:text('{job_id}')")
+    assert "succeeded" in page.locator("#jobs tbody").inner_text()
+    assert page.external == []
+    assert page.goto(f"{svc.url}/ui/jobs/nope").status == 404
+    assert "There is no page" in page.locator("main").inner_text()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
 from service.api.deps import JobDep, LayoutDep, Reader, SettingsDep, StoreDep, Writer
-from service.api.models import Artifact, Event, Job, JobCreate, JobStatus, Page
+from service.api.models import Artifact, Curve, CurvePoint, Event, Job, JobCreate, JobStatus, Page
 from service.datasets import Layout, PathError, confined, list_artifacts
 from service.model_specs import ModelNotAllowed, check_job_model
 from service.settings import Settings
@@ -168,6 +168,29 @@ def job_artifact(job: JobDep, path: str, layout: LayoutDep) -> FileResponse:
     if not file.is_file():
         raise HTTPException(status_code=404, detail=f"no artifact {path!r}: not a file")
     return FileResponse(file, filename=file.name)
+
+
+@router.get("/{job_id}/curve", response_model=Curve, dependencies=[Reader],
+            responses={404: {"description": "No such job."}})
+def job_curve(job: JobDep, layout: LayoutDep) -> Curve:
+    """The learning curve so far, from the run's per-fact training trace: per optimizer step, the share
+    of the kept facts whose latest visit had them learned, and the step's mean loss (empty before the
+    first checkpoint, or for a run with ``trace: false``)."""
+    from schemas import Manifest
+    from service.report import curve_points
+
+    trace = layout.run_dir(job["id"]) / "trace.parquet"
+    kept = None
+    if job.get("scored_dataset_id"):
+        try:
+            kept = Manifest.read(layout.dataset_dir(job["scored_dataset_id"])).counts.kept
+        except (OSError, ValueError):
+            kept = None
+    try:
+        points = curve_points(trace, kept)
+    except OSError:  # the trace is being replaced or is unreadable this instant: nothing to show yet
+        points = []
+    return Curve(points=[CurvePoint(step=s, learned=f, loss=loss) for s, f, loss in points])
 
 
 def _json(content: bytes, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -1,0 +1,61 @@
+"""The dashboard: HTML pages for people, served by `beacon serve` with every asset from the package.
+
+Light on purpose: the pages are server-rendered shells (Jinja2) and one hand-written script
+(``service/static/dashboard.js``, no framework, no build step) that reads the same JSON API as every
+other client, with the same bearer token, which the page asks for once and keeps for the tab
+(``sessionStorage``: never in a URL, never in a log). The pages themselves hold no data, so they need no
+token; every read and write they make goes through the API's own checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from service.api.models import DATASET_ID, JOB_ID
+
+router = APIRouter(include_in_schema=False)
+_TEMPLATES = None
+
+
+def _render(name: str, request: Request, *, status_code: int = 200, **context) -> HTMLResponse:
+    global _TEMPLATES
+    if _TEMPLATES is None:
+        import jinja2
+
+        _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("service", "templates"),
+                                        autoescape=jinja2.select_autoescape(["html"]))
+    page = _TEMPLATES.get_template(name).render(**context)
+    return HTMLResponse(page, status_code=status_code, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/")
+async def jobs_page(request: Request) -> HTMLResponse:
+    return _render("dashboard.html", request, page="jobs", title="Jobs", item="")
+
+
+@router.get("/ui/jobs/{job_id}")
+async def job_page(request: Request, job_id: str) -> HTMLResponse:
+    import re
+
+    if not re.fullmatch(JOB_ID, job_id):
+        return _render("dashboard.html", request, page="missing", title="Not found", item=job_id,
+                       status_code=404)
+    return _render("dashboard.html", request, page="job", title=f"Job {job_id}", item=job_id)
+
+
+@router.get("/ui/datasets/{dataset_id}")
+async def dataset_page(request: Request, dataset_id: str) -> HTMLResponse:
+    import re
+
+    if not re.fullmatch(DATASET_ID, dataset_id):
+        return _render("dashboard.html", request, page="missing", title="Not found", item=dataset_id,
+                       status_code=404)
+    return _render("dashboard.html", request, page="dataset", title=f"Dataset {dataset_id}", item=dataset_id)
+
+
+def static_folder() -> str:
+    """``service/static``: the dashboard's stylesheet and script (package data)."""
+    return str(Path(__file__).resolve().parents[2] / "static")
