@@ -307,6 +307,36 @@ def summarize(latencies: list[float], *, errors: int, clients: int, wall: float)
             "mean_ms": round(statistics.fmean(ordered), 2), "rps": round(len(ordered) / wall, 1)}
 
 
+# What the dashboard's pages ask the API for when they load (service/static/dashboard.js), in order.
+DATASET_PAGE = [("GET", f"/ui/datasets/{DATASET_ID}", None), ("GET", "/static/dashboard.js", None),
+                ("GET", f"/datasets/{DATASET_ID}", None), ("GET", f"/datasets/{DATASET_ID}/stats", None),
+                ("POST", f"/datasets/{DATASET_ID}/query", {"sql": "select source, position, stage, error, "
+                                                           "left(raw, 120) as raw from rejected order by source, "
+                                                           "position limit 100"})]
+# A page of the per-fact table as the job page asks for it (50 rows sorted, with the count of all
+# matching rows in the same query), over scored only: the synthetic dataset has no run.
+FACT_PAGE = [("POST", f"/datasets/{DATASET_ID}/query", {"sql": "select s.prompt, s.target, s.prediction, s.drift, "
+                                                        "s.weight, s.reason, count(*) over () as total from scored s "
+                                                        "where not s.keep order by s.drift desc nulls last, s.fact_id "
+                                                        "limit 50 offset 0"})]
+
+
+def page_loads(url: str, requests: list, repeats: int) -> dict:
+    """One client loading a page ``repeats`` times: each load is its requests one after another (as the
+    page's script makes them), timed from the first send to the last byte."""
+    import httpx
+
+    latencies, errors = [], 0
+    with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for method, path, body in requests:
+                r = client.request(method, path, json=body)
+                errors += r.status_code >= 400
+            latencies.append((time.perf_counter() - started) * 1000)
+    return summarize(latencies, errors=errors, clients=1, wall=sum(latencies) / 1000)
+
+
 def cold_stats(url: str, repeats: int) -> dict:
     import httpx
 
@@ -399,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                     cached.url, "/jobs", clients=args.clients, requests=args.requests,
                     max_seconds=args.max_seconds, client=args.client))
             results["jobs_list_busy"]["heartbeats_per_second"] = args.heartbeats
+            print("dashboard page loads (one client) ...", flush=True)
+            results["dataset_page"] = page_loads(cached.url, DATASET_PAGE, 20)
+            results["fact_table_page"] = page_loads(cached.url, FACT_PAGE, 20)
             print(f"GET /datasets/{{id}}/stats at {args.clients} clients (cached) ...", flush=True)
             results["stats_cached"] = asyncio.run(load(cached.url, f"/datasets/{DATASET_ID}/stats",
                                                        clients=args.clients, requests=args.requests,
@@ -425,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                         ("jobs_list_busy_postgres",
                          f"`GET /jobs` while jobs update {args.heartbeats:g}/s, PostgreSQL"),
                         ("stats_cached", "`GET /datasets/{id}/stats` (cached)"),
+                        ("dataset_page", "dashboard: dataset page load (its 5 requests in order)"),
+                        ("fact_table_page", "dashboard: a page of the fact table (50 sorted rows + count)"),
                         ("stats_uncached", "`GET /datasets/{id}/stats` (computed, cache off)")):
         r = results.get(name)
         if r is None:

@@ -294,12 +294,13 @@ async function loadFacts(job) {
   const where = `where ${FILTERS[$("#filter").value]}${search}`;
   const from = "from eval e join scored s using (fact_id)";
   const path = `/datasets/${job.scored_dataset_id}/query?job_id=${job.id}`;
-  const count = await api(path, { method: "POST", json: { sql: `select count(*) as n ${from} ${where}` } });
-  factState.total = count.rows[0][0];
   const columns = FACT_COLUMNS.map(([, c]) => c).join(", ");
+  // One query for the page and the count of all matching rows: each query is a process of its own.
   const answer = await api(path, { method: "POST", json: { sql:
-    `select ${columns} ${from} ${where} order by ${factState.order} ${factState.desc ? "desc" : "asc"} nulls last, e.fact_id limit ${PAGE} offset ${factState.offset}` } });
-  $("#facts tbody").replaceChildren(...answer.rows.map((r) => el("tr", {}, r.map((v, i) =>
+    `select ${columns}, count(*) over () as total ${from} ${where} order by ${factState.order} ${factState.desc ? "desc" : "asc"} nulls last, e.fact_id limit ${PAGE} offset ${factState.offset}` } });
+  if (!answer.rows.length && factState.offset > 0) { factState.offset = 0; return loadFacts(job); }
+  factState.total = answer.rows.length ? answer.rows[0][FACT_COLUMNS.length] : 0;
+  $("#facts tbody").replaceChildren(...answer.rows.map((r) => el("tr", {}, r.slice(0, FACT_COLUMNS.length).map((v, i) =>
     el("td", {}, i === 4 ? (v ? "yes" : "no") : i === 10 ? pct(v) : typeof v === "number" ? num(v) : v ?? "–")))));
   document.querySelectorAll("#facts th").forEach((th, i) => th.setAttribute("aria-sort",
     FACT_COLUMNS[i][1] === factState.order ? (factState.desc ? "descending" : "ascending") : "none"));
