@@ -38,22 +38,21 @@ async def jobs_page(request: Request) -> HTMLResponse:
 
 @router.get("/ui/jobs/{job_id}")
 async def job_page(request: Request, job_id: str) -> HTMLResponse:
-    import re
-
-    if not re.fullmatch(JOB_ID, job_id):
-        return _render("dashboard.html", request, page="missing", title="Not found", item=job_id,
-                       status_code=404)
-    return _render("dashboard.html", request, page="job", title=f"Job {job_id}", item=job_id)
+    return _item_page(request, "job", "Job", job_id, JOB_ID)
 
 
 @router.get("/ui/datasets/{dataset_id}")
 async def dataset_page(request: Request, dataset_id: str) -> HTMLResponse:
+    return _item_page(request, "dataset", "Dataset", dataset_id, DATASET_ID)
+
+
+def _item_page(request: Request, page: str, noun: str, item: str, pattern: str) -> HTMLResponse:
+    """The page of one job or dataset; an id of the wrong shape is a 404 page that says so."""
     import re
 
-    if not re.fullmatch(DATASET_ID, dataset_id):
-        return _render("dashboard.html", request, page="missing", title="Not found", item=dataset_id,
-                       status_code=404)
-    return _render("dashboard.html", request, page="dataset", title=f"Dataset {dataset_id}", item=dataset_id)
+    if not re.fullmatch(pattern, item):
+        return _render("dashboard.html", request, page="missing", title="Not found", item=item, status_code=404)
+    return _render("dashboard.html", request, page=page, title=f"{noun} {item}", item=item)
 
 
 def static_folder() -> str:
