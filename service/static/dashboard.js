@@ -153,6 +153,7 @@ async function fillJobForm() {
     const box = $(`#${section}-fields`);
     box.replaceChildren();
     for (const [key, prop] of Object.entries(schemas[name].properties)) {
+      if (key === "progress") continue;  // a job's stages log progress lines whatever this says
       const input = fieldFor(prop);
       if (!input) continue;
       input.name = `${section}.${key}`;
@@ -172,6 +173,13 @@ function fieldFor(prop) {
     const s = el("select", {}, options.map((o) => el("option", { value: o, selected: o === prop.default }, String(o))));
     return s;
   }
+  const nullable = (prop.anyOf || []).some((a) => a.type === "null");
+  if (type === "boolean" && nullable && prop.default == null) {  // unset means "as the dataset was probed"
+    const s = el("select", {}, el("option", { value: "" }, "default"), el("option", { value: "true" }, "yes"),
+                 el("option", { value: "false" }, "no"));
+    s.dataset.kind = "optional-boolean";
+    return s;
+  }
   if (type === "boolean") return el("input", { type: "checkbox", checked: prop.default === true });
   if (type === "integer" || type === "number") return el("input", { type: "number", step: type === "integer" ? "1" : "any", value: prop.default ?? "", placeholder: prop.default === null ? "none" : "" });
   if (type === "string") return el("input", { type: "text", value: prop.default ?? "" });
@@ -184,6 +192,7 @@ function changedSettings(section) {
     const key = input.name.slice(section.length + 1), initial = JSON.parse(input.dataset.default);
     let value;
     if (input.type === "checkbox") value = input.checked;
+    else if (input.dataset.kind === "optional-boolean") value = input.value === "" ? null : input.value === "true";
     else if (input.type === "number") value = input.value === "" ? null : Number(input.value);
     else value = input.value;
     if (JSON.stringify(value) !== JSON.stringify(initial) && !(value === "" && initial === null)) out[key] = value;

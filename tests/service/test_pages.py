@@ -125,8 +125,12 @@ def test_a_newcomer_uploads_runs_a_job_and_finds_the_facts_that_did_not_stick(bu
     page.wait_for_selector("#train-fields input[name='train.max_steps']")
     assert page.evaluate("sessionStorage.getItem('beacon-token')") == TOKEN
     assert TOKEN not in page.url
+    # A form left as it is sends only what was changed: chat_template stays "as the dataset was probed".
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/jobs") and r.method == "POST" else None)
     fill_and_submit()
     page.wait_for_url("**/ui/jobs/job_*", timeout=30_000)
+    assert sent and sent[-1]["train"] == {"max_steps": 3} and sent[-1]["curate"] == {}
     job_id = page.url.rsplit("/", 1)[1]
     page.wait_for_selector("#status:text('succeeded')", timeout=400_000)
     assert page.locator("#timeline li").count() >= 5  # queued, claimed, stages, succeeded
