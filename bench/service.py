@@ -350,6 +350,22 @@ def cold_stats(url: str, repeats: int) -> dict:
     return summarize(latencies, errors=0, clients=1, wall=sum(latencies) / 1000)
 
 
+def jobs_scenarios(server_url: str, database: str, args, *, store: str, suffix: str) -> dict:
+    """``GET /jobs`` at ``--clients`` clients, then again while jobs in ``database`` update
+    ``--heartbeats`` times a second: ``jobs_list<suffix>`` and ``jobs_list_busy<suffix>``."""
+    def run() -> dict:
+        return asyncio.run(load(server_url, "/jobs", clients=args.clients, requests=args.requests,
+                                max_seconds=args.max_seconds, client=args.client))
+
+    print(f"GET /jobs at {args.clients} clients, {store} ...", flush=True)
+    out = {f"jobs_list{suffix}": run()}
+    print(f"GET /jobs at {args.clients} clients, {args.heartbeats} heartbeats/s, {store} ...", flush=True)
+    with Heartbeats(database, args.heartbeats):
+        out[f"jobs_list_busy{suffix}"] = run()
+    out[f"jobs_list_busy{suffix}"]["heartbeats_per_second"] = args.heartbeats
+    return out
+
+
 def postgres_scenarios(work: Path, data_dir: Path, args) -> dict:
     """The GET /jobs scenarios again with the job store in a throwaway PostgreSQL (same jobs, same data
     root, same server settings and load): only the store differs."""
@@ -361,22 +377,12 @@ def postgres_scenarios(work: Path, data_dir: Path, args) -> dict:
         port = sock.getsockname()[1]
     url = subprocess.run([str(script), "start", str(cluster), str(port)], check=True, capture_output=True,
                          text=True).stdout.strip()
-    out: dict = {}
     try:
         seed_store(url, args.jobs, args.rows)
         server = Server(data_dir, database=url)
         try:
             server.wait_ready()
-            print(f"GET /jobs at {args.clients} clients, PostgreSQL ...", flush=True)
-            out["jobs_list_postgres"] = asyncio.run(load(server.url, "/jobs", clients=args.clients,
-                                                         requests=args.requests, max_seconds=args.max_seconds,
-                                                         client=args.client))
-            print(f"GET /jobs at {args.clients} clients, {args.heartbeats} heartbeats/s, PostgreSQL ...", flush=True)
-            with Heartbeats(url, args.heartbeats):
-                out["jobs_list_busy_postgres"] = asyncio.run(load(
-                    server.url, "/jobs", clients=args.clients, requests=args.requests,
-                    max_seconds=args.max_seconds, client=args.client))
-            out["jobs_list_busy_postgres"]["heartbeats_per_second"] = args.heartbeats
+            out = jobs_scenarios(server.url, url, args, store="PostgreSQL", suffix="_postgres")
         finally:
             server.stop()
     finally:
@@ -419,16 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             print("stats from scratch (cache off, 1 client) ...", flush=True)
             results["stats_uncached"] = cold_stats(uncached.url, args.cold_repeats)
             uncached.stop()
-            print(f"GET /jobs at {args.clients} clients ...", flush=True)
-            results["jobs_list"] = asyncio.run(load(cached.url, "/jobs", clients=args.clients,
-                                                    requests=args.requests, max_seconds=args.max_seconds,
-                                                    client=args.client))
-            print(f"GET /jobs at {args.clients} clients, {args.heartbeats} heartbeats/s ...", flush=True)
-            with Heartbeats(sqlite_db, args.heartbeats):
-                results["jobs_list_busy"] = asyncio.run(load(
-                    cached.url, "/jobs", clients=args.clients, requests=args.requests,
-                    max_seconds=args.max_seconds, client=args.client))
-            results["jobs_list_busy"]["heartbeats_per_second"] = args.heartbeats
+            results.update(jobs_scenarios(cached.url, sqlite_db, args, store="SQLite", suffix=""))
             print("dashboard page loads (one client) ...", flush=True)
             results["dataset_page"] = page_loads(cached.url, DATASET_PAGE, 20)
             results["fact_table_page"] = page_loads(cached.url, FACT_PAGE, 20)

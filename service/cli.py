@@ -9,8 +9,6 @@ import logging
 import sys
 import warnings
 
-from scoring.progress import quiet_library_bars
-
 # Imported lazily so `beacon --help` does not pay for torch or Beam.
 COMMANDS = ["models", "curate", "train", "eval", "run", "stats", "query", "export", "report", "serve", "worker"]
 
@@ -58,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     for noisy in ("apache_beam", "transformers", "sentence_transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from scoring.progress import quiet_library_bars  # here, not at import: `beacon --help` needs no tqdm
+
     quiet_library_bars()
     try:
         if extra:

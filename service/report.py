@@ -72,7 +72,7 @@ def _run_part(run_dir: Path, dataset_dir: Path) -> dict[str, Any] | None:
         return None
     metrics = json.loads(metrics_path.read_text())
     scored = {r["fact_id"]: r for r in pq.read_table(dataset_dir / "scored", columns=[
-        "fact_id", "prompt", "prediction", "paraphrases"]).to_pylist()}
+        "fact_id", "prompt", "prediction"]).to_pylist()}
     facts = []
     for row in pq.read_table(eval_path).to_pylist():
         source = scored.get(row["fact_id"], {})
