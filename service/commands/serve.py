@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.query import start_query_processes
     from service.settings import get_settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["dev_mode"] = True
     settings = get_settings().model_copy(update=overrides)
     app = create_app(settings)  # refuses to build without a token outside dev mode
+    start_query_processes()  # while uvicorn starts: the first query then forks in milliseconds
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=args.access_log,
                 log_level="info", timeout_graceful_shutdown=5)
     return 0
