@@ -21,6 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import CurateConfig
+from schemas import storage
 from pipeline.quantiles import summary
 from pipeline.inputs import InputSpec
 from schemas import Counts, Manifest
@@ -120,15 +121,32 @@ class WriteManifest(beam.PTransform):
                 beam.pvalue.AsList(inputs["thresholds"]), beam.pvalue.AsSingleton(at_risk)))
 
 
+def _parquet_under(folder: str) -> list[str]:
+    return [f for f in storage.list_files(folder) if f.endswith(".parquet")]
+
+
+def _with_files(staging: str | Path, manifest: Manifest, base: str | Path) -> Manifest:
+    """``manifest`` naming the staged data files, relative to ``base`` (the rejected ones only when
+    there is a rejected record: an empty dataset's writer still leaves an empty file)."""
+    files = {role: [storage.relative(f, base).replace(os.sep, "/")
+                    for f in _parquet_under(storage.join(staging, role))]
+             for role in ("scored", "rejected")}
+    if manifest.counts.rejected == 0:
+        files["rejected"] = []
+    return manifest.model_copy(update={"files": files})
+
+
 def commit(staging: Path, out: Path, timings: dict[str, float]) -> Manifest:
-    """Record ``timings`` in the staged manifest, then swap the staging folder into ``out``.
+    """Record ``timings`` and the data files in the staged manifest, then swap the staging folder
+    into ``out`` (a local folder).
 
     The old dataset is removed only after the new one is in place, so readers never see half of one.
     """
     manifest = Manifest.read(staging).model_copy(update={"timings": timings})
-    manifest.write(staging)
     if manifest.counts.rejected == 0:
         shutil.rmtree(staging / "rejected", ignore_errors=True)
+    manifest = _with_files(staging, manifest, staging)
+    manifest.write(staging)
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -136,4 +154,42 @@ def commit(staging: Path, out: Path, timings: dict[str, float]) -> Manifest:
     os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+# On an object store there is no rename: a run writes its files under a prefix of its own inside the
+# dataset, and the manifest, written last in one PUT, is the commit.
+RUNS_PREFIX = "_runs"
+
+
+def remote_staging(out: str) -> str:
+    """The run-unique prefix a run into ``out`` (a URL) writes its files under."""
+    return storage.join(out, RUNS_PREFIX, uuid.uuid4().hex[:12])
+
+
+def remote_leftovers(out: str) -> list[str]:
+    """What in ``out`` (a URL) makes it a non-empty output: anything but the files of runs that never
+    committed (a run killed before its manifest leaves those, and they are removed by the next commit)."""
+    files = storage.list_files(out)
+    if Manifest.exists_in(out):
+        return files
+    prefix = storage.join(out, RUNS_PREFIX) + "/"
+    return [f for f in files if not f.startswith(prefix)]
+
+
+def commit_remote(staging: str, out: str, timings: dict[str, float]) -> Manifest:
+    """Commit a run staged under ``staging`` (inside ``out``, a URL) by writing ``out/manifest.json``
+    last, naming exactly the run's files; then remove every other file under ``out`` (the previous
+    dataset, runs that never committed).
+
+    A reader goes through the manifest, so before the manifest's PUT it sees the old dataset whole
+    and after it the new one; a run killed at any point leaves no manifest pointing at missing files.
+    A reader that read the old manifest just before the swap may find its files gone a moment later.
+    """
+    staged = Manifest.read(staging).model_copy(update={"timings": timings})
+    manifest = _with_files(staging, staged, out)
+    keep = {storage.join(out, name) for names in manifest.files.values() for name in names}
+    manifest.write(out)  # the commit
+    keep.add(str(Manifest.path_in(out)))
+    storage.delete([f for f in storage.list_files(out) if f not in keep])
     return manifest

@@ -27,7 +27,8 @@ from pipeline.drift import ScoreDrift
 from pipeline.embed import EmbedTexts
 from pipeline.fact_ids import CheckFactIds
 from pipeline.interference import ScoreInterference
-from pipeline.manifest import Identity, WriteManifest, commit
+from pipeline.manifest import (RUNS_PREFIX, Identity, WriteManifest, commit, commit_remote, remote_leftovers,
+                               remote_staging)
 from pipeline.policy import ApplyPolicy
 from pipeline.probe import ProbeModel
 from pipeline.quantiles import ScoreQuantiles
@@ -36,7 +37,7 @@ from pipeline.read_facts import ReadFacts
 from pipeline.text import normalize_text
 from pipeline.write import WriteScored
 from schemas import Manifest
-from schemas.manifest import local_folder
+from schemas import storage
 from scoring.risk import risk
 
 log = logging.getLogger(__name__)
@@ -142,18 +143,40 @@ def curate(inputs: list[str], out_dir: str, config: CurateConfig, beam_args: lis
            overwrite: bool = False, test_pipeline: beam.Pipeline | None = None) -> Manifest:
     """Curates ``inputs`` into ``out_dir`` (scored/, rejected/, manifest.json), atomically.
 
+    ``out_dir`` may be a local folder or an object-store URL (``s3://…``, ``gs://…``): locally the
+    staging folder is renamed into place; on an object store the files go under a run-unique prefix
+    and the manifest, written last, commits them (``pipeline.manifest.commit_remote``).
+
     Raises:
-        ValueError: unreadable input or invalid option; FileExistsError: ``out_dir`` is not empty.
+        ValueError: unreadable input, invalid option, or a URL scheme with no filesystem installed;
+        FileExistsError: ``out_dir`` is not empty.
     """
-    out = local_folder(out_dir, "--out")
-    specs = check_inputs(inputs, config.format)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
     options = pipeline_options(beam_args)
+    storage.configure(options)  # before the inputs are checked: they may be on an object store too
+    remote = storage.is_url(out_dir)
+    if remote:
+        storage.check_location(out_dir, "--out")
+        out: str | Path = out_dir.rstrip("/")
+        leftovers = remote_leftovers(out)
+        if leftovers and not overwrite:
+            raise FileExistsError(f"output {out} is not empty (it holds {len(leftovers)} file(s), "
+                                  f"e.g. {leftovers[0]}); pass --overwrite to replace it")
+    else:
+        out = Path(out_dir)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise FileExistsError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
+    for path in inputs:
+        storage.check_location(path, "input")
+    specs = check_inputs(inputs, config.format)
     runner = options.view_as(StandardOptions).runner
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    if remote:
+        staging: str | Path = remote_staging(out)
+        _check_writable(staging)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
+    committed = False
     try:
         p = test_pipeline or beam.Pipeline(options=options)
         build(p, specs, str(staging), config, runner)
@@ -162,12 +185,37 @@ def curate(inputs: list[str], out_dir: str, config: CurateConfig, beam_args: lis
         state = result.wait_until_finish()
         if state != "DONE":
             raise RuntimeError(f"pipeline ended in state {state}")
-        return commit(staging, out, timings={
-            "total": round(time.perf_counter() - started, 3),
-            "probe_inference": round(_inference_seconds(result, "ProbeModel"), 3),
-            "embed_inference": round(_inference_seconds(result, "EmbedTexts"), 3)})
+        timings = {"total": round(time.perf_counter() - started, 3),
+                   "probe_inference": round(_inference_seconds(result, "ProbeModel"), 3),
+                   "embed_inference": round(_inference_seconds(result, "EmbedTexts"), 3)}
+        manifest = commit_remote(staging, out, timings) if remote else commit(staging, out, timings)
+        committed = True
+        return manifest
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not remote:
+            shutil.rmtree(staging, ignore_errors=True)
+        elif not committed:  # a failed run's files; a killed one's are removed by the next commit
+            try:
+                storage.delete(storage.list_files(staging))
+            except OSError as e:
+                log.warning("could not remove the failed run's files under %s: %s", staging, e)
+
+
+def _check_writable(staging: str) -> None:
+    """Fails fast, naming the location, when the object store refuses a write (no bucket, no rights),
+    rather than after the models have run."""
+    probe = storage.join(staging, ".write-check")
+    try:
+        storage.write_bytes(probe, b"ok")  # not empty: Beam's S3 writer cannot complete an empty upload
+        storage.delete([probe])
+    except Exception as e:  # noqa: BLE001 - whatever the store says, it is the reason
+        raise ValueError(f"--out {staging.rsplit('/' + RUNS_PREFIX, 1)[0]}: cannot write there: "
+                         f"{_first_line(e)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> Manifest:

@@ -1,17 +1,22 @@
 """Manifest: what a curated dataset holds and how it was made (``D/manifest.json``).
 
 ``Manifest.read`` is the only way code reads a manifest: the trainer, the evaluation, the service and
-the commands all go through it, so a missing or damaged file reads the same everywhere.
+the commands all go through it, so a missing or damaged file reads the same everywhere. A dataset may
+be a local folder or an object-store URL (``schemas.storage``); its manifest names its data files
+(``files``), and readers take them from there (``Manifest.data_files``), which is what makes the
+object-store commit safe: a reader never lists a prefix that a run may be writing into.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from schemas import storage
 from schemas.scoring_spec import ScoringSpec
 
 MANIFEST_FILE = "manifest.json"
@@ -27,9 +32,9 @@ def local_folder(path: str | Path, role: str) -> Path:
     text = str(path)
     if "://" in text:
         scheme = text.split("://", 1)[0]
-        raise ValueError(f"{role} {text}: datasets on {scheme}:// are not supported yet (inputs are: "
-                         "`beacon curate s3://…/facts.jsonl` reads through Beam's filesystems); use a local "
-                         "folder, and copy it to or from the object store with its own tool")
+        raise ValueError(f"{role} {text}: {scheme}:// is not supported here yet (object-store datasets "
+                         "are, by `beacon curate … --out s3://…`, `train`, `stats` and `query`); use a local "
+                         "folder")
     return Path(path)
 # The points at which every score's distribution is summarised (manifest and dataset stats alike).
 QUANTILES: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
@@ -88,6 +93,10 @@ class Manifest(BaseModel):
     models: dict[str, ModelRef]
     runner: str
     timings: dict[str, float] = Field(default_factory=dict, description="Stage -> seconds.")
+    files: dict[str, list[str]] = Field(
+        default_factory=dict, description="'scored' / 'rejected' -> the dataset's Parquet files, relative "
+        "to its folder. Readers take the files from here; empty in datasets written before it existed, "
+        "whose files are the folder's scored/*.parquet and rejected/*.parquet.")
 
     @property
     def scoring(self) -> ScoringSpec:
@@ -95,29 +104,45 @@ class Manifest(BaseModel):
         return ScoringSpec.of(self.config)
 
     @classmethod
-    def path_in(cls, dataset_dir: str | Path) -> Path:
-        return local_folder(dataset_dir, "dataset") / MANIFEST_FILE
+    def path_in(cls, dataset_dir: str | Path) -> str | Path:
+        """``dataset_dir/manifest.json``: a Path for a local folder, a URL for an object-store one."""
+        if storage.is_url(dataset_dir):
+            return storage.join(str(dataset_dir), MANIFEST_FILE)
+        return Path(dataset_dir) / MANIFEST_FILE
 
     @classmethod
     def exists_in(cls, dataset_dir: str | Path) -> bool:
-        return cls.path_in(dataset_dir).is_file()
+        path = cls.path_in(dataset_dir)
+        return storage.exists(path) if storage.is_url(path) else Path(path).is_file()
 
     @classmethod
-    def locate(cls, path: str | Path) -> Path:
+    def locate(cls, path: str | Path) -> str | Path:
         """The dataset folder a user means by ``path``: itself, or a `beacon run` folder's ``dataset/``.
 
         Raises:
             FileNotFoundError: neither holds a manifest (the message names ``path``).
-            ValueError: the manifest is damaged.
+            ValueError: the manifest is damaged, or ``path``'s URL scheme has no filesystem installed.
         """
-        path = local_folder(path, "dataset")
-        if cls.exists_in(path / "dataset"):
+        storage.check_location(path, "dataset")
+        path = str(path).rstrip("/") if storage.is_url(path) else Path(path)
+        run_dataset = storage.join(path, "dataset") if storage.is_url(path) else path / "dataset"
+        if cls.exists_in(run_dataset):
             if cls.exists_in(path):
                 raise ValueError(f"{path} holds a dataset (manifest.json) and a `beacon run` "
-                                 f"(dataset/manifest.json); name the one you mean: {path / 'dataset'} for the run's")
-            path = path / "dataset"
+                                 f"(dataset/manifest.json); name the one you mean: {run_dataset} for the run's")
+            path = run_dataset
         cls.read(path)
         return path
+
+    def data_files(self, dataset_dir: str | Path, role: str) -> list[str]:
+        """The ``role`` ('scored' or 'rejected') Parquet files of the dataset in ``dataset_dir``, as
+        paths or URLs: the ones this manifest names (a dataset written before ``files`` existed: the
+        folder's ``role/*.parquet``)."""
+        if self.files:
+            return [storage.join(dataset_dir, name) for name in self.files.get(role, [])]
+        folder = storage.join(dataset_dir, role)
+        return [f for f in storage.list_files(folder)
+                if f.endswith(".parquet") and "/" not in storage.relative(f, folder).replace(os.sep, "/")]
 
     @classmethod
     def read(cls, dataset_dir: str | Path) -> "Manifest":
@@ -135,11 +160,12 @@ class Manifest(BaseModel):
     @classmethod
     def read_with_digest(cls, dataset_dir: str | Path) -> "tuple[Manifest, str]":
         """The manifest and the sha256 of its bytes (what a training run records to detect a re-curation)."""
+        storage.check_location(dataset_dir, "dataset")
         path = cls.path_in(dataset_dir)
         try:
-            raw = path.read_bytes()
+            raw = storage.read_bytes(path)
         except (FileNotFoundError, NotADirectoryError):
-            raise FileNotFoundError(f"{path} not found: is {Path(dataset_dir)} a dataset written by "
+            raise FileNotFoundError(f"{path} not found: is {dataset_dir} a dataset written by "
                                     "`beacon curate`?") from None
         try:
             manifest = cls.model_validate_json(raw)
@@ -149,8 +175,8 @@ class Manifest(BaseModel):
             raise ValueError(f"{path} is not a valid manifest ({explain(e)}); re-run `beacon curate`") from None
         return manifest, hashlib.sha256(raw).hexdigest()
 
-    def write(self, dataset_dir: str | Path) -> Path:
+    def write(self, dataset_dir: str | Path) -> str | Path:
         """Writes ``dataset_dir/manifest.json``; returns its path."""
         path = self.path_in(dataset_dir)
-        path.write_text(self.model_dump_json(indent=2))
+        storage.write_bytes(path, self.model_dump_json(indent=2).encode())
         return path

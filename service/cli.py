@@ -51,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # Beam warns about optional GCP clients at import; they are not needed for local runs.
-    logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
+    # Beam's filesystems log each listing on the root logger ("Finished listing 4 files in …").
+    logging.getLogger().addFilter(lambda record: not record.getMessage().startswith(
+        ("apitools not found", "Finished listing")))
     # transformers 5 warns about its own renamed attribute on every model load; nothing to act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    for noisy in ("apache_beam", "transformers", "sentence_transformers", "httpx", "urllib3"):
+    for noisy in ("apache_beam", "transformers", "sentence_transformers", "httpx", "urllib3", "botocore",
+                  "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from scoring.progress import quiet_library_bars  # here, not at import: `beacon --help` needs no tqdm
 

@@ -15,15 +15,19 @@ Every path derived from a request goes through ``confined``; ids are server gene
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas import Manifest, ScoringSpec
+from schemas import Manifest, ScoringSpec, storage
 from schemas.manifest import local_folder
 from service.jsonsafe import dumps
 
@@ -145,7 +149,18 @@ def _files_of(dataset_dir: Path, run_dir: Path | None, *, within: Path | None = 
     def parquet(sub: Path) -> list[Path]:
         return listed(sorted(sub.glob("*.parquet"))) if sub.is_dir() else []
 
+    def named(names: list[str]) -> list[Path]:  # a name leading out of the folder is not followed
+        base = dataset_dir.resolve()
+        return [p for p in listed([dataset_dir / n for n in names]) if p.resolve().is_relative_to(base)]
+
     evals = listed([run_dir / "eval.parquet"]) if run_dir is not None else []
+    try:
+        files = Manifest.read(dataset_dir).files
+    except (OSError, ValueError):
+        files = {}
+    if files:  # the files the manifest names (an object-store run's live under a prefix of their own)
+        return ScoredFiles(scored=named(files.get("scored", [])), rejected=named(files.get("rejected", [])),
+                           eval=evals)
     return ScoredFiles(scored=parquet(dataset_dir / "scored"), rejected=parquet(dataset_dir / "rejected"),
                        eval=evals)
 
@@ -228,6 +243,43 @@ class LocalDataset:
     dataset_dir: Path
     run_dir: Path | None
     files: ScoredFiles
+
+
+@contextlib.contextmanager
+def open_dataset(path: str | Path) -> Iterator[LocalDataset]:
+    """``local_dataset(path)``, or for an object-store URL, the dataset its manifest names copied into
+    a temporary folder (through Beam's filesystems) for as long as the block runs.
+
+    DuckDB reads the copy: its own S3 reader (the httpfs extension) would have to be downloaded at run
+    time, which fails offline; and the copy is what the manifest names, so the view is consistent even
+    while another run writes into the same prefix.
+
+    Raises:
+        FileNotFoundError / ValueError: as ``local_dataset``, or the URL's scheme has no filesystem.
+    """
+    if not storage.is_url(path):
+        yield local_dataset(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="beacon-dataset-") as tmp:
+        yield local_dataset(stage_dataset(str(path), Path(tmp)))
+
+
+def stage_dataset(url: str, into: Path) -> Path:
+    """Copies the dataset at ``url`` (its manifest and the files it names) into the folder ``into``."""
+    dataset_url = Manifest.locate(url)
+    manifest = Manifest.read(dataset_url)
+    names = [n for role in ("scored", "rejected") for n in manifest.files.get(role, [])] or [
+        storage.relative(f, dataset_url) for role in ("scored", "rejected")
+        for f in manifest.data_files(dataset_url, role)]
+    for name in names:
+        target = (into / name).resolve()
+        if not target.is_relative_to(into.resolve()):
+            raise ValueError(f"{dataset_url}: the manifest names a file outside the dataset: {name!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with storage.open_read(storage.join(dataset_url, name)) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    (into / "manifest.json").write_bytes(storage.read_bytes(Manifest.path_in(dataset_url)))
+    return into
 
 
 def local_dataset(path: str | Path) -> LocalDataset:

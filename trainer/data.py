@@ -1,4 +1,4 @@
-"""From a curated dataset (``D/scored/*.parquet`` + ``D/manifest.json``) to training examples.
+"""From a curated dataset (``D/manifest.json`` and the scored Parquet it names) to training examples.
 
 An example is prompt ids + target ids (+ eos) with labels only on the target part, and the fact's
 weight. Tokenisation follows ``scoring.lm_scores.encode_pair``, the one the scores were computed with.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas import Manifest, ScoringSpec
+from schemas import Manifest, ScoringSpec, storage
 from schemas.fact import upgrade_meta
 
 log = logging.getLogger(__name__)
@@ -40,25 +40,31 @@ def read_dataset_info(dataset_dir: str | Path) -> DatasetInfo:
         ValueError: the manifest is damaged.
     """
     manifest, digest = Manifest.read_with_digest(dataset_dir)
-    return DatasetInfo(path=str(Path(dataset_dir).resolve()), dataset_id=manifest.dataset_id,
+    path = str(dataset_dir).rstrip("/") if storage.is_url(dataset_dir) else str(Path(dataset_dir).resolve())
+    return DatasetInfo(path=path, dataset_id=manifest.dataset_id,
                        config_hash=manifest.config_hash, manifest_sha256=digest, scoring=manifest.scoring)
 
 
 def read_scored(dataset_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Every scored row of the dataset (kept and filtered), in input order.
+    """Every scored row of the dataset (kept and filtered), in input order: the files its manifest
+    names, from a local folder or an object store (``schemas.storage``).
 
     Raises:
-        FileNotFoundError: there is no ``D/scored/*.parquet``.
+        FileNotFoundError: no manifest, or no scored Parquet file.
     """
     import pyarrow.parquet as pq
 
-    files = sorted((Path(dataset_dir) / "scored").glob("*.parquet"))
+    files = Manifest.read(dataset_dir).data_files(dataset_dir, "scored")
     if not files:
-        raise FileNotFoundError(f"no scored Parquet under {Path(dataset_dir) / 'scored'}; "
-                                "run `beacon curate` first")
+        raise FileNotFoundError(f"no scored Parquet in {dataset_dir}; run `beacon curate` first")
+
+    def read(path: str) -> pa.Table:
+        if not storage.is_url(path):
+            return pq.read_table(path, columns=columns)
+        with storage.open_read(path) as f:  # Beam's filesystem: one read, then pyarrow in memory
+            return pq.read_table(pa.BufferReader(f.read()), columns=columns)
     # upgrade_meta: a dataset curated before meta became key/value structs reads the same.
-    table = pa.concat_tables([upgrade_meta(pq.read_table(f, columns=columns)) for f in files],
-                             promote_options="default")
+    table = pa.concat_tables([upgrade_meta(read(f)) for f in files], promote_options="default")
     if "source" in table.column_names and "position" in table.column_names:
         table = table.sort_by([("source", "ascending"), ("position", "ascending")])
     return table

@@ -47,7 +47,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
         raise FileNotFoundError(f"{run_path} not found: is {run_dir} a run written by `beacon train`?")
     run = json.loads(run_path.read_text())
     train_config = TrainConfig.model_validate(run["train"])
-    dataset_dir = Path(dataset_dir or run["dataset"]["path"])
+    dataset_dir = dataset_dir or run["dataset"]["path"]  # a folder or an object-store URL: no Path
     info = read_dataset_info(dataset_dir)
     if info.dataset_id != run["dataset"]["dataset_id"]:
         raise ValueError(f"{dataset_dir} is dataset {info.dataset_id}, but {run_dir} was trained on "

@@ -10,7 +10,9 @@ from service.commands.config_flags import add_config_flags, load_configs
 EPILOG = """Any other --option is passed to Apache Beam. Default runner: FnApiRunner (in-process).
 Multi-process locally:
   --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
-INPUT may be an object-store URL (s3://, gs://: Beam's filesystems); --out must be a local folder."""
+INPUT and --out may be object-store URLs (s3://, gs://, azfs://: Beam's filesystems); an S3 API
+server elsewhere than AWS: --s3_endpoint_url=http://HOST:PORT (or AWS_ENDPOINT_URL).
+  beacon curate s3://bucket/facts.jsonl --out s3://bucket/curated"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="fact files: JSONL, JSON, Parquet, CSV, CounterFact, ROME, zsRE")
-    p.add_argument("--out", required=True, help="output folder (scored/, rejected/, manifest.json)")
+    p.add_argument("--out", required=True, help="output folder or URL (scored/, rejected/, manifest.json)")
     p.add_argument("--config", help="JSON/YAML file; its 'curate' section (or the whole file) sets the keys "
                                     "below, flags override it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -41,8 +43,9 @@ def print_summary(manifest, out: str) -> None:
     print(f"  scored {c.scored}  kept {c.kept}  rejected {c.rejected}")
     for reason, n in sorted(manifest.counts.by_reason.items(), key=lambda kv: -kv[1]):
         print(f"    {reason:<18} {n}")
+    rejected = manifest.files.get("rejected") or ["rejected/"]
     for stage, n in sorted(manifest.rejected_by_stage.items()):
-        print(f"    rejected at {stage:<8} {n}  (see {out}/rejected/)")
+        print(f"    rejected at {stage:<8} {n}  (see {out}/{rejected[0].rsplit('/', 1)[0]}/)")
     q = manifest.quantiles.get("drift", {})
     if q:
         print(f"  drift ({manifest.config['drift_definition']}): median {q.get('q0.5', float('nan')):.3f}"

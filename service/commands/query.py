@@ -21,7 +21,7 @@ OUT_FORMATS = (".csv", ".json", ".parquet")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("query", help="run one read-only SQL SELECT over a dataset (scored, rejected, eval)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", metavar="DIR", help="curated dataset folder, or a `beacon run` folder")
+    p.add_argument("dataset", metavar="DIR", help="curated dataset folder or object-store URL (s3://…), or a `beacon run` folder")
     p.add_argument("sql", metavar="SQL", help="one SELECT statement")
     p.add_argument("--out", metavar="FILE", help=f"write all rows to FILE ({', '.join(OUT_FORMATS)})")
     p.add_argument("--limit", type=int, metavar="N",
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.datasets import local_dataset
+    from service.datasets import open_dataset
     from service.query import QueryLimits, run_query
     from service.settings import Settings
 
@@ -46,19 +46,19 @@ def run(args: argparse.Namespace) -> int:
         if out.is_dir():
             raise ValueError(f"--out {out} is a folder; name a file")
         out.parent.mkdir(parents=True, exist_ok=True)
-    local = local_dataset(args.dataset)
     settings = Settings()
     limit = args.limit or (2**62 if out else 100)
     limits = QueryLimits(row_limit=limit, timeout_s=args.timeout, memory_limit=settings.query_memory_limit,
                          threads=settings.query_threads, spill_bytes=settings.query_spill_bytes,
                          max_bytes=2**34 if out else settings.query_max_bytes)
-    files = [p.resolve() for p in (*local.files.scored, *local.files.rejected, *local.files.eval)]
-    # The sandbox's root: the deepest folder holding every file (symlinked parts included); the spill
-    # goes to a temporary folder, never into the user's dataset (which may be read-only).
-    root = Path(os.path.commonpath(files)) if files else local.root.resolve()
-    root = root if root.is_dir() else root.parent
-    with tempfile.TemporaryDirectory(prefix="beacon-query-") as spill:
-        result = run_query(args.sql, local.files, root=root, limits=limits, spill_dir=Path(spill) / "spill")
+    with open_dataset(args.dataset) as local:  # an object-store dataset is queried in a local copy
+        files = [p.resolve() for p in (*local.files.scored, *local.files.rejected, *local.files.eval)]
+        # The sandbox's root: the deepest folder holding every file (symlinked parts included); the
+        # spill goes to a temporary folder, never into the user's dataset (which may be read-only).
+        root = Path(os.path.commonpath(files)) if files else local.root.resolve()
+        root = root if root.is_dir() else root.parent
+        with tempfile.TemporaryDirectory(prefix="beacon-query-") as spill:
+            result = run_query(args.sql, local.files, root=root, limits=limits, spill_dir=Path(spill) / "spill")
     more = f"; more rows exist (--limit {limit})" if result.truncated else ""
     if out is not None:
         write_rows(result.columns, result.rows, out)

@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stats", help="a curated dataset's statistics: reasons, drift, interference, conflicts",
                        epilog="The same numbers as the service's GET /datasets/{id}/stats; --json prints "
                               "exactly its answer.")
-    p.add_argument("dataset", metavar="DIR", help="curated dataset folder, or a `beacon run` folder")
+    p.add_argument("dataset", metavar="DIR", help="curated dataset folder or object-store URL (s3://…), or a `beacon run` folder")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of the text summary")
     p.add_argument("--threads", type=_positive, default=2, metavar="N", help="DuckDB threads (default 2)")
     p.set_defaults(run=run)
@@ -20,15 +20,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from schemas import Manifest
-    from service.datasets import build_stats, local_dataset
+    from schemas import storage
+    from service.datasets import build_stats, open_dataset
     from service.jsonsafe import dumps
 
-    local = local_dataset(args.dataset)
-    stats = build_stats(local.files, Manifest.read(local.dataset_dir), threads=args.threads)
+    with open_dataset(args.dataset) as local:  # an object-store dataset is read from a local copy
+        stats = build_stats(local.files, Manifest.read(local.dataset_dir), threads=args.threads)
+        shown = args.dataset if storage.is_url(args.dataset) else str(local.dataset_dir)
     if args.json:
         print(json.dumps(json.loads(dumps(stats)), indent=2))
     else:
-        print(render(stats, str(local.dataset_dir)))
+        print(render(stats, shown))
     return 0
 
 

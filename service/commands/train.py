@@ -18,7 +18,7 @@ SKIP = {"target_modules"}
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a LoRA adapter on a curated dataset (resumes if interrupted)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", metavar="DATASET", help="curated dataset folder (written by `beacon curate`)")
+    p.add_argument("dataset", metavar="DATASET", help="curated dataset folder or object-store URL (written by `beacon curate`)")
     p.add_argument("--out", required=True, metavar="RUN",
                    help="run folder: adapter/, config.json, checkpoints/, train_summary.json")
     p.add_argument("--config", metavar="FILE",

@@ -1,0 +1,221 @@
+"""Datasets on an object store, against a real S3 API server (moto's, started here on 127.0.0.1):
+curate from and to s3://, refuse a rerun, overwrite, survive a run killed at its commit, train and
+take stats and queries from the s3:// dataset, and lose nothing on the way (the same rows as the local
+run of the same file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MINI_FACTS
+
+BUCKET = "beacon-test"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    """A moto S3 server on loopback, the environment that points boto3 (and so Beam) at it, and the
+    test bucket holding the fixture's input file."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        import boto3
+
+        client = boto3.client("s3")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket=BUCKET)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        client.upload_file(str(MINI_FACTS), BUCKET, "in/mini_facts.jsonl")
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.terminate()
+        server.wait(10)
+
+
+def _keys(prefix: str) -> list[str]:
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def _manifest(prefix: str) -> dict:
+    import boto3
+
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read()
+    return json.loads(body)
+
+
+def _curate(out: str, *flags: str) -> int:
+    from service.cli import main as beacon
+
+    return beacon(["curate", f"s3://{BUCKET}/in/mini_facts.jsonl", "--out", out, "--probe-batch-size", "4",
+                   *flags])
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(s3_env) -> str:
+    out = f"s3://{BUCKET}/curated"
+    assert _curate(out) == 0
+    return out
+
+
+def _rows(dataset, drop=("source",)) -> list[dict]:
+    from trainer.data import read_scored
+
+    return [{k: v for k, v in r.items() if k not in drop} for r in read_scored(dataset).to_pylist()]
+
+
+def test_an_s3_curation_holds_exactly_what_the_local_one_does(s3_dataset, curated):
+    from schemas import Manifest
+
+    remote, local = _manifest("curated"), Manifest.read(curated)
+    assert remote["dataset_id"] == local.dataset_id
+    counts = remote["counts"]
+    assert counts["input"] == counts["scored"] + counts["rejected"] == local.counts.input
+    assert counts == local.counts.model_dump()
+    # The same scored rows, value for value (only `source` differs: the input's URL against its path).
+    assert _rows(s3_dataset) == _rows(curated)
+    assert {r["source"] for r in _rows(s3_dataset, drop=())} == {f"s3://{BUCKET}/in/mini_facts.jsonl"}
+    # The bucket holds the manifest and exactly the files it names, under one run's prefix.
+    named = [f"curated/{name}" for role in ("scored", "rejected") for name in remote["files"][role]]
+    assert _keys("curated/") == sorted(["curated/manifest.json", *named])
+    assert len({name.split("/")[1] for name in named}) == 1 and all(n.startswith("curated/_runs/") for n in named)
+    assert remote["files"]["rejected"] and counts["rejected"] > 0
+
+
+def test_stats_and_queries_read_the_s3_dataset_like_the_local_one(s3_dataset, curated, capsys):
+    from service.cli import main as beacon
+
+    def stats(dataset) -> dict:
+        assert beacon(["stats", str(dataset), "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        out.pop("signature")  # file paths and times
+        out["manifest"].pop("created_at")
+        return out
+
+    assert stats(s3_dataset) == stats(curated)
+    assert beacon(["query", s3_dataset, "select stage, count(*) as n from rejected group by stage order by stage"]) == 0
+    remote = capsys.readouterr().out
+    assert beacon(["query", str(curated), "select stage, count(*) as n from rejected group by stage order by stage"]) == 0
+    assert remote.split("\n(")[0] == capsys.readouterr().out.split("\n(")[0]
+
+
+def test_a_second_run_into_the_same_prefix_is_refused_and_changes_nothing(s3_dataset, capsys):
+    before = _keys("curated/")
+    assert _curate(s3_dataset) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err and s3_dataset in err
+    assert _keys("curated/") == before
+
+
+def test_a_run_killed_at_its_commit_leaves_the_previous_dataset_whole_and_overwrite_cleans_up(s3_dataset, s3_env):
+    before = _manifest("curated")
+    old_files = {f"curated/{n}" for role in ("scored", "rejected") for n in before["files"][role]}
+    # A real SIGKILL at the worst moment: every data file of the new run written, its manifest not yet.
+    killer = (
+        "import os, signal, sys\n"
+        "import schemas.storage as storage\n"
+        "write = storage.write_bytes\n"
+        "def dying(path, data):\n"
+        f"    if str(path) == {s3_dataset + '/manifest.json'!r}:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    write(path, data)\n"
+        "storage.write_bytes = dying\n"
+        "from service.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", killer, "curate", f"s3://{BUCKET}/in/mini_facts.jsonl",
+                           "--out", s3_dataset, "--overwrite", "--probe-batch-size", "4"],
+                          cwd=REPO, env={**os.environ, **s3_env}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    keys = set(_keys("curated/"))
+    orphans = {k for k in keys - old_files - {"curated/manifest.json"}}
+    assert orphans and all(k.startswith("curated/_runs/") for k in orphans)  # the killed run's files
+    assert _manifest("curated") == before and old_files <= keys  # the old dataset, whole
+    assert len(_rows(s3_dataset)) == before["counts"]["scored"]
+
+    assert _curate(s3_dataset, "--overwrite") == 0
+    after = _manifest("curated")
+    named = {f"curated/{n}" for role in ("scored", "rejected") for n in after["files"][role]}
+    assert set(_keys("curated/")) == named | {"curated/manifest.json"}  # old run and killed run gone
+    assert not named & old_files and after["dataset_id"] == before["dataset_id"]
+
+
+def test_beacon_train_and_eval_read_the_s3_dataset(s3_dataset, tmp_path, capsys):
+    from service.cli import main as beacon
+
+    run = tmp_path / "run"
+    assert beacon(["train", s3_dataset, "--out", str(run), "--max-steps", "2"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"]["path"] == s3_dataset
+    assert beacon(["eval", str(run)]) == 0  # finds the dataset at the URL the run recorded
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["kept"]["n"] == _manifest("curated")["counts"]["kept"]
+
+
+def test_a_missing_bucket_is_one_sentence_before_any_model_runs(s3_env, capsys):
+    started = time.monotonic()
+    assert _curate("s3://no-such-bucket-here/curated") == 2
+    err = capsys.readouterr().err
+    assert "bucket 'no-such-bucket-here' does not exist" in err and "s3://no-such-bucket-here/curated" in err
+    assert time.monotonic() - started < 30  # no model was loaded for it
+
+
+def test_an_s3_endpoint_that_does_not_answer_is_one_sentence_in_seconds(monkeypatch, capsys):
+    """Beam's S3 client alone retries with exponential backoff for minutes before it says anything."""
+    from service.cli import main as beacon
+
+    endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    started = time.monotonic()
+    assert beacon(["curate", str(MINI_FACTS), "--out", f"s3://{BUCKET}/x", f"--s3_endpoint_url={endpoint}",
+                   "--s3_region_name=us-east-1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the S3 endpoint {endpoint}" in err and len(err.strip().splitlines()) == 1, err
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("url, says", [("gs://bucket/curated", "apache-beam[gcp]"),
+                                       ("azfs://account/container/curated", "apache-beam[azure]"),
+                                       ("nope://bucket/curated", "Beam has no filesystem for nope://")])
+def test_a_scheme_without_a_filesystem_names_the_package_that_adds_it(url, says, capsys):
+    from service.cli import main as beacon
+
+    assert beacon(["curate", str(MINI_FACTS), "--out", url]) == 2
+    err = capsys.readouterr().err
+    assert says in err and url in err
+    assert beacon(["stats", url]) == 2
+    assert says in capsys.readouterr().err
