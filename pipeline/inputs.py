@@ -71,7 +71,10 @@ def check_inputs(paths: list[str], fmt: str) -> list[InputSpec]:
         if container == "json" and _looks_like_json_lines(head):
             container = "jsonl"  # a .json file of one object per line is JSON Lines
         container = _check_content(path, container, head)
-        specs.append(InputSpec(path=path, container=container,
+        # Absolute before any worker starts: a worker may run in another folder (or on another host,
+        # where a local path means nothing anyway).
+        resolved = path if "://" in path else os.path.abspath(path)
+        specs.append(InputSpec(path=resolved, container=container,
                                layout=fmt if fmt in FORCED_LAYOUTS else None,
                                source_index=index, sha256=_sha256(path), size=size))
     return specs
