@@ -231,11 +231,87 @@ def measure_lsh(path: Path, targets: list[str], config: str, base: tuple[float, 
     }
 
 
+def faiss_arm(kind: str, path: str, threshold: float, nlist: int, nprobe: int, queries: int, seed: int) -> dict:
+    """One faiss pass over the embeddings at ``path`` (run in a fresh process: its peak RSS is its own):
+    every pair at or above ``threshold`` by ``range_search``, with ``IndexFlatIP`` (exact) or
+    ``IndexIVFFlat`` (inner product, ``nlist`` cells, ``nprobe`` probed; trained on up to 100k rows).
+    ``queries`` > 0 searches only that many random rows (the others are still indexed): for sizes
+    where the exact truth is only affordable on a sample. Returns (i, j, cos) and its costs."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # the same single thread as the LSH stage and the numpy pass
+    emb = np.load(path)
+    n, dim = emb.shape
+    started, cpu = time.perf_counter(), time.process_time()
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(n, min(n, 100_000), replace=False)
+        index.train(emb[np.sort(sample)])
+        index.nprobe = nprobe
+    index.add(emb)
+    built = time.perf_counter() - started
+    rows = (np.sort(np.random.default_rng(seed + 1).choice(n, queries, replace=False)) if queries
+            else np.arange(n))
+    found = []
+    for r0 in range(0, len(rows), EXACT_BLOCK):
+        block = rows[r0:r0 + EXACT_BLOCK]
+        lims, dist, ids = index.range_search(emb[block], threshold)
+        q = np.repeat(block, np.diff(lims).astype(np.int64))
+        keep = q != ids
+        found.append((q[keep], ids[keep], dist[keep]))
+    i, j, cos = (np.concatenate(a) for a in zip(*found))
+    return {"i": i, "j": j, "cos": cos, "s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
+            "build_s": built, "peak_rss_gb": _vm_hwm_gb()}
+
+
+def _vm_hwm_gb() -> float:
+    """This process's peak RSS since its exec (VmHWM; ru_maxrss would carry the forking parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def measure_faiss(path: Path, targets: list[str], exact: Exact | None, args, kind: str,
+                  sampled: bool = True) -> dict:
+    """A faiss arm in its own process, and its recall against the exact truth (or, with
+    ``--faiss-queries``, against faiss's own exact pass over the same sampled queries)."""
+    import multiprocessing
+
+    n = len(targets)
+    nlist = args.nlist or max(64, int(4 * np.sqrt(n)))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        r = pool.apply(faiss_arm, (kind, str(path), args.neighbor_threshold, nlist, args.nprobe,
+                                   args.faiss_queries if exact is None and sampled else 0, args.seed))
+    norm = [normalize_text(t) for t in targets]
+    i, j, cos = r["i"], r["j"], r["cos"]
+    if exact is None:  # sampled truth: (query, neighbour) pairs of the sampled query rows only
+        sample = np.random.default_rng(args.seed + 1).choice(n, args.faiss_queries, replace=False)
+        mine = np.isin(i, sample)
+        i, j, cos = i[mine], j[mine], cos[mine]
+        pairs = set(zip(i.tolist(), j.tolist()))
+        conflicts = {(a, b) for a, b, c in zip(i.tolist(), j.tolist(), cos.tolist())
+                     if c >= args.conflict_threshold and norm[a] != norm[b]}
+    else:
+        pairs = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
+        conflicts = {(min(a, b), max(a, b)) for a, b, c in zip(i.tolist(), j.tolist(), cos.tolist())
+                     if c >= args.conflict_threshold and norm[a] != norm[b]}
+    out = {"n": n, "config": f"faiss {kind}" + (f" nlist={nlist} nprobe={args.nprobe}" if kind == "ivf" else ""),
+           "s": r["s"], "cpu_s": r["cpu_s"], "build_s": r["build_s"], "peak_rss_gb": r["peak_rss_gb"],
+           "pairs_found": len(pairs)}
+    if exact is not None:
+        out["recall_neighbor"] = len(pairs) / max(1, exact.pairs)  # range_search has no false positives
+        out["recall_conflict"] = len(conflicts & exact.conflicts) / max(1, len(exact.conflicts))
+    return out, pairs, conflicts
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DATA), help="folder with counterfact-{train,val}.json")
     ap.add_argument("--out", default="bench/results")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument("--configs", nargs="+", default=["16,10,200,float32"],
                     help="LSH settings to compare, each 'bands,bits,max_bucket,payload'")
     ap.add_argument("--neighbor-threshold", type=float, default=0.9)
@@ -243,12 +319,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--near-dup", type=float, default=0.1, help="share of 100k copies above cos 0.9")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="suffix of the result file, for tuning runs")
+    ap.add_argument("--faiss", nargs="*", default=["flat", "ivf"], choices=["flat", "ivf"],
+                    help="faiss arms beside the LSH stage (none: --faiss with no value)")
+    ap.add_argument("--nlist", type=int, default=0, help="IVF cells (0: 4·sqrt(n))")
+    ap.add_argument("--nprobe", type=int, default=16, help="IVF cells probed per query")
+    ap.add_argument("--sampled-sizes", type=int, nargs="*", default=[],
+                    help="sizes measured without the LSH stage or the numpy pass: faiss IVF against faiss "
+                         "flat on --faiss-queries sampled rows (exact all-pairs is out of reach there)")
+    ap.add_argument("--faiss-queries", type=int, default=20_000, help="sampled rows for --sampled-sizes")
     args = ap.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
 
     records = load_records(Path(args.data))
     real = real_embeddings(records, Path(args.out))
-    results = []
+    results, faiss_results = [], []
     for n in args.sizes:
         emb, targets = build_facts(real, [r["target_new"] for r in records], n, args.near_dup, args.seed)
         path = Path(args.out) / f"facts_{n}.npy"
@@ -258,15 +342,43 @@ def main(argv=None) -> dict:
         for config in args.configs:
             results.append(measure_lsh(path, targets, config, base, exact, args))
             print(json.dumps(results[-1]), flush=True)
+        for kind in args.faiss:
+            faiss_results.append(measure_faiss(path, targets, exact, args, kind)[0])
+            print(json.dumps(faiss_results[-1]), flush=True)
+    for n in args.sampled_sizes:  # faiss IVF against faiss's exact pass, on the same sampled rows
+        emb, targets = build_facts(real, [r["target_new"] for r in records], n, args.near_dup, args.seed)
+        path = Path(args.out) / f"facts_{n}.npy"
+        np.save(path, emb)
+        del emb
+        flat, flat_pairs, flat_conflicts = measure_faiss(path, targets, None, args, "flat")
+        ivf, ivf_pairs, ivf_conflicts = measure_faiss(path, targets, None, args, "ivf", sampled=False)
+        # The IVF pass searched every row (its cost at this size); recall over the sampled rows' pairs.
+        ivf["recall_neighbor"] = len(ivf_pairs & flat_pairs) / max(1, len(flat_pairs))
+        ivf["recall_conflict"] = len(ivf_conflicts & flat_conflicts) / max(1, len(flat_conflicts))
+        flat["sampled_queries"] = args.faiss_queries
+        ivf["recall_sampled_queries"] = args.faiss_queries
+        flat["recall_neighbor"] = flat["recall_conflict"] = 1.0
+        faiss_results += [flat, ivf]
+        print(json.dumps(flat), json.dumps(ivf), flush=True)
     report = {"settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
               "blas_threads": os.environ["OPENBLAS_NUM_THREADS"], "cpus": os.cpu_count(),
-              "results": results, "ratios": {}}
-    lo, hi = min(args.sizes), max(args.sizes)
-    for config in args.configs:
+              "results": results, "faiss": faiss_results, "ratios": {}}
+    lo, hi = min(args.sizes, default=0), max(args.sizes, default=0)
+    for config in args.configs if args.sizes else []:
         small, large = (next(r for r in results if r["config"] == config and r["n"] == m) for m in (lo, hi))
         report["ratios"][config] = {k: large[k] / small[k] for k in ("lsh_s", "lsh_cpu_s", "exact_s")}
     print(_table(results))
-    print(f"\ntime({hi:,}) / time({lo:,}):")
+    if faiss_results:
+        print("\n| facts | arm | s (CPU s) | build s | peak RSS GB | pairs found | recall >= 0.9 | recall conflicts |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in faiss_results:
+            sampled = (f" ({r['sampled_queries']:,} sampled rows)" if "sampled_queries" in r else
+                       f" (recall on {r['recall_sampled_queries']:,} sampled rows)" if "recall_sampled_queries" in r
+                       else "")
+            print(f"| {r['n']:,}{sampled} | {r['config']} | {r['s']:.1f} ({r['cpu_s']:.1f}) | {r['build_s']:.1f} "
+                  f"| {r['peak_rss_gb']:.2f} | {r['pairs_found']:,} | {r['recall_neighbor']:.2%} "
+                  f"| {r['recall_conflict']:.2%} |")
+    print(f"\ntime({hi:,}) / time({lo:,}):" if args.sizes else "")
     for config, ratio in report["ratios"].items():
         print(f"- {config}: LSH wall {ratio['lsh_s']:.1f}, LSH CPU {ratio['lsh_cpu_s']:.1f}, "
               f"exact {ratio['exact_s']:.1f}")

@@ -10,8 +10,11 @@ staging folder into place.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +30,8 @@ from pipeline.inputs import InputSpec
 from schemas import Counts, Manifest
 from scoring.risk import AT_RISK
 from schemas.manifest import MANIFEST_FILE, InputFile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,18 +126,37 @@ class WriteManifest(beam.PTransform):
                 beam.pvalue.AsList(inputs["thresholds"]), beam.pvalue.AsSingleton(at_risk)))
 
 
-def _parquet_under(folder: str) -> list[str]:
-    return [f for f in storage.list_files(folder) if f.endswith(".parquet")]
+_PART = re.compile(r"part-(\d+)-of-(\d+)\.parquet")
+
+
+def _parts(folder: str | Path) -> list[str]:
+    """The sink's shards directly in ``folder`` (``part-NNNNN-of-MMMMM.parquet``; never Beam's
+    temporary files below it), checked complete: every shard of the count their names give.
+
+    Raises:
+        RuntimeError: a shard is missing (the run's files are not what its sink wrote).
+    """
+    found: dict[int, str] = {}
+    totals: set[int] = set()
+    for path in storage.list_files(folder):
+        match = _PART.fullmatch(storage.relative(path, folder).replace(os.sep, "/"))
+        if match:
+            found[int(match[1])] = path
+            totals.add(int(match[2]))
+    if found and (len(totals) != 1 or sorted(found) != list(range(totals.pop()))):
+        raise RuntimeError(f"the shards under {folder} are incomplete or mixed: {sorted(found)}")
+    return [found[k] for k in sorted(found)]
 
 
 def _with_files(staging: str | Path, manifest: Manifest, base: str | Path) -> Manifest:
     """``manifest`` naming the staged data files, relative to ``base`` (the rejected ones only when
     there is a rejected record: an empty dataset's writer still leaves an empty file)."""
-    files = {role: [storage.relative(f, base).replace(os.sep, "/")
-                    for f in _parquet_under(storage.join(staging, role))]
+    files = {role: [storage.relative(f, base).replace(os.sep, "/") for f in _parts(storage.join(staging, role))]
              for role in ("scored", "rejected")}
     if manifest.counts.rejected == 0:
         files["rejected"] = []
+    if manifest.counts.scored and not files["scored"]:
+        raise RuntimeError(f"the run scored {manifest.counts.scored} facts but wrote no scored file under {staging}")
     return manifest.model_copy(update={"files": files})
 
 
@@ -160,6 +184,9 @@ def commit(staging: Path, out: Path, timings: dict[str, float]) -> Manifest:
 # On an object store there is no rename: a run writes its files under a prefix of its own inside the
 # dataset, and the manifest, written last in one PUT, is the commit.
 RUNS_PREFIX = "_runs"
+# A run prefix no manifest names, untouched this long, is a killed run's: the next commit removes it.
+# (A younger one may be another run still writing.)
+STALE_RUN_S = 6 * 3600
 
 
 def remote_staging(out: str) -> str:
@@ -169,7 +196,7 @@ def remote_staging(out: str) -> str:
 
 def remote_leftovers(out: str) -> list[str]:
     """What in ``out`` (a URL) makes it a non-empty output: anything but the files of runs that never
-    committed (a run killed before its manifest leaves those, and they are removed by the next commit)."""
+    committed (a run killed before its manifest leaves those, and they are removed later)."""
     files = storage.list_files(out)
     if Manifest.exists_in(out):
         return files
@@ -179,17 +206,48 @@ def remote_leftovers(out: str) -> list[str]:
 
 def commit_remote(staging: str, out: str, timings: dict[str, float]) -> Manifest:
     """Commit a run staged under ``staging`` (inside ``out``, a URL) by writing ``out/manifest.json``
-    last, naming exactly the run's files; then remove every other file under ``out`` (the previous
-    dataset, runs that never committed).
+    last, naming exactly the run's shards (checked complete); then remove what it replaced: the
+    previous manifest's files, the old local-style ``scored/`` and ``rejected/`` folders, and run
+    prefixes no manifest names that are older than ``STALE_RUN_S``. Other files under ``out`` are
+    left alone.
 
     A reader goes through the manifest, so before the manifest's PUT it sees the old dataset whole
-    and after it the new one; a run killed at any point leaves no manifest pointing at missing files.
-    A reader that read the old manifest just before the swap may find its files gone a moment later.
+    and after it the new one. Files are only ever deleted after a newer manifest replaced the one
+    naming them, so concurrent runs into one prefix end with the last one's dataset, whole. A reader
+    that read the old manifest just before a swap may find its files gone a moment later. Nothing
+    after the PUT raises: a failed clean-up is logged and retried by the next commit.
     """
     staged = Manifest.read(staging).model_copy(update={"timings": timings})
     manifest = _with_files(staging, staged, out)
-    keep = {storage.join(out, name) for names in manifest.files.values() for name in names}
+    try:
+        old = Manifest.read(out)
+    except (FileNotFoundError, ValueError):
+        old = None
     manifest.write(out)  # the commit
-    keep.add(str(Manifest.path_in(out)))
-    storage.delete([f for f in storage.list_files(out) if f not in keep])
+    try:
+        _remove_replaced(out, staging, manifest, old)
+    except Exception as e:  # noqa: BLE001 - the dataset is committed; leftovers are the next commit's
+        log.warning("committed %s, but could not remove the files it replaced: %s", out, e)
     return manifest
+
+
+def _remove_replaced(out: str, staging: str, manifest: Manifest, old: Manifest | None) -> None:
+    keep = {storage.join(out, n) for names in manifest.files.values() for n in names}
+    doomed = set()
+    if old is not None:
+        doomed |= {storage.join(out, n) for names in old.files.values() for n in names}
+    runs = storage.join(out, RUNS_PREFIX) + "/"
+    newest: dict[str, float] = {}
+    now = time.time()
+    for path, mtime in storage.list_files_with_times(out):
+        if path.startswith(runs):
+            run = path[len(runs):].split("/", 1)[0]
+            newest[run] = max(newest.get(run, 0.0), mtime or 0.0)
+        elif path.startswith((storage.join(out, "scored") + "/", storage.join(out, "rejected") + "/")):
+            doomed.add(path)  # a dataset of the local layout, copied up, that this one replaces
+    this_run = staging.rstrip("/").rsplit("/", 1)[-1]
+    stale = {run for run, t in newest.items() if run != this_run and now - t > STALE_RUN_S}
+    doomed |= {path for path, _ in storage.list_files_with_times(out)
+               if path.startswith(runs) and path[len(runs):].split("/", 1)[0] in stale}
+    doomed |= {f for f in storage.list_files(staging) if f not in keep}  # the staged manifest, temp files
+    storage.delete(sorted(doomed - keep))

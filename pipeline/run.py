@@ -153,10 +153,21 @@ def curate(inputs: list[str], out_dir: str, config: CurateConfig, beam_args: lis
     """
     options = pipeline_options(beam_args)
     storage.configure(options)  # before the inputs are checked: they may be on an object store too
+    try:
+        return _curate(inputs, out_dir, config, options, overwrite, test_pipeline)
+    finally:
+        storage.reset()  # the next command in this process reads its own settings
+
+
+def _curate(inputs: list[str], out_dir: str, config: CurateConfig, options: PipelineOptions, overwrite: bool,
+            test_pipeline: beam.Pipeline | None) -> Manifest:
     remote = storage.is_url(out_dir)
     if remote:
         storage.check_location(out_dir, "--out")
         out: str | Path = out_dir.rstrip("/")
+        if "/" not in out.split("://", 1)[1]:
+            raise ValueError(f"--out {out_dir}: name a prefix inside the bucket (s3://bucket/curated), "
+                             "not the bucket itself")
         leftovers = remote_leftovers(out)
         if leftovers and not overwrite:
             raise FileExistsError(f"output {out} is not empty (it holds {len(leftovers)} file(s), "
@@ -194,11 +205,21 @@ def curate(inputs: list[str], out_dir: str, config: CurateConfig, beam_args: lis
     finally:
         if not remote:
             shutil.rmtree(staging, ignore_errors=True)
-        elif not committed:  # a failed run's files; a killed one's are removed by the next commit
-            try:
+        elif not committed and not _committed_by_manifest(out, staging):
+            try:  # a failed run's files; a killed one's are removed by a later commit
                 storage.delete(storage.list_files(staging))
-            except OSError as e:
+            except Exception as e:  # noqa: BLE001 - the failure that brought us here is the news
                 log.warning("could not remove the failed run's files under %s: %s", staging, e)
+
+
+def _committed_by_manifest(out: str, staging: str) -> bool:
+    """Whether ``out``'s manifest names files of ``staging`` (interrupted after its commit)."""
+    try:
+        files = Manifest.read(out).files
+    except Exception:  # noqa: BLE001 - no readable manifest names nothing
+        return False
+    prefix = storage.relative(staging, out) + "/"
+    return any(name.startswith(prefix) for names in files.values() for name in names)
 
 
 def _check_writable(staging: str) -> None:

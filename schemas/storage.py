@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import threading
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +26,6 @@ SCHEME_EXTRAS = {"s3": "apache-beam[aws]", "gs": "apache-beam[gcp]", "azfs": "ap
 SCHEME_MODULES = {"s3": "boto3", "gs": "google.cloud.storage", "azfs": "azure.storage.blob"}
 
 _lock = threading.Lock()
-_configured = False
 _options: Any = None
 _reached: set[tuple[str, str]] = set()  # (scheme, bucket) checked reachable in this process
 
@@ -57,26 +57,36 @@ def relative(path: str, base: str | Path) -> str:
 
 
 def configure(options: Any = None) -> None:
-    """Configures Beam's filesystems for this process: from ``options`` (PipelineOptions or a list
-    of Beam command-line flags), or empty options (each store then reads its own environment)."""
-    global _configured, _options
-    from apache_beam.io.filesystems import FileSystems
+    """Uses ``options`` (PipelineOptions, or a list of Beam command-line flags) for this process's
+    object-store access from now on; None: empty options, each store then reads its own environment
+    (`beacon curate` sets its Beam options for its run, and ``reset`` puts the default back)."""
+    global _options
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if options is None or isinstance(options, (list, tuple)):
-        options = PipelineOptions(list(options or []))
+    if options is not None and not isinstance(options, PipelineOptions):
+        options = PipelineOptions(list(options))
     with _lock:
-        FileSystems.set_options(options)
-        _configured, _options = True, options
+        _options = options
         _reached.clear()
 
 
-def _filesystems():
-    from apache_beam.io.filesystems import FileSystems
+def reset() -> None:
+    """Back to the default: empty options, each store's own environment."""
+    configure(None)
 
-    if not _configured:
-        configure()
+
+def _filesystems():
+    """Beam's ``FileSystems``, set to this module's options (a pipeline built in between may have set
+    its own: Beam keeps one set per process)."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    with _lock:
+        FileSystems.set_options(_options if _options is not None else PipelineOptions([]))
     return FileSystems
+
+
+_GLOB = re.compile(r"[*?\[\]{}]")
 
 
 def check_location(path: str | Path, role: str) -> None:
@@ -86,6 +96,9 @@ def check_location(path: str | Path, role: str) -> None:
     if not is_url(path):
         return
     name = scheme(path)
+    if _GLOB.search(str(path).split("://", 1)[1]):
+        raise ValueError(f"{role} {path}: a dataset location may not hold a glob character (* ? [ ] {{ }}): "
+                         "Beam's filesystems would read it as a pattern and match other prefixes")
     try:
         _filesystems().get_filesystem(str(path))
         module = SCHEME_MODULES.get(name)
@@ -114,8 +127,9 @@ def _check_s3_reachable(url: str, role: str) -> None:
     bucket = url.split("://", 1)[1].split("/", 1)[0]
     if ("s3", bucket) in _reached:
         return
-    _filesystems()
-    o = _options.view_as(S3Options)
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    o = (_options if _options is not None else PipelineOptions([])).view_as(S3Options)
     client = boto3.session.Session().client(
         "s3", endpoint_url=o.s3_endpoint_url, region_name=o.s3_region_name, use_ssl=not o.s3_disable_ssl,
         verify=o.s3_verify, aws_access_key_id=o.s3_access_key_id, aws_secret_access_key=o.s3_secret_access_key,
@@ -131,10 +145,8 @@ def _check_s3_reachable(url: str, role: str) -> None:
         code = str(e.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket"):
             raise ValueError(f"{role} {url}: bucket {bucket!r} does not exist at {where}") from None
-        if code in ("403", "AccessDenied"):
-            raise ValueError(f"{role} {url}: access to bucket {bucket!r} at {where} is denied "
-                             "(check the credentials)") from None
-        raise ValueError(f"{role} {url}: the S3 endpoint {where} refused bucket {bucket!r}: {e}") from None
+        if code not in ("403", "AccessDenied"):  # credentials that may read objects but not list
+            raise ValueError(f"{role} {url}: the S3 endpoint {where} refused bucket {bucket!r}: {e}") from None
     except BotoCoreError as e:  # no answer, DNS, TLS
         raise ValueError(f"{role} {url}: cannot reach the S3 endpoint {where} ({e}); set --s3_endpoint_url "
                          "or AWS_ENDPOINT_URL for an S3 API server other than AWS") from None
@@ -193,13 +205,19 @@ def exists(path: str | Path) -> bool:
 
 def list_files(folder: str | Path) -> list[str]:
     """Every file under ``folder`` (recursively), sorted; empty when there is none."""
+    return [path for path, _ in list_files_with_times(folder)]
+
+
+def list_files_with_times(folder: str | Path) -> list[tuple[str, float]]:
+    """(path, last modified as a Unix time) of every file under ``folder``, sorted by path."""
     if not is_url(folder):
         root = Path(folder)
-        return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        return sorted((str(p), p.stat().st_mtime) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    if _GLOB.search(str(folder).split("://", 1)[1]):
+        raise ValueError(f"{folder}: a glob character in a location would match other prefixes")
     prefix = str(folder).rstrip("/") + "/"
-    fs = _filesystems()
-    results = fs.match([prefix + "**"])[0].metadata_list
-    return sorted(m.path for m in results if not m.path.endswith("/"))
+    results = _filesystems().match([prefix + "**"])[0].metadata_list
+    return sorted((m.path, m.last_updated_in_seconds) for m in results if not m.path.endswith("/"))
 
 
 def delete(paths: list[str]) -> None:

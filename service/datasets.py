@@ -151,7 +151,12 @@ def _files_of(dataset_dir: Path, run_dir: Path | None, *, within: Path | None = 
 
     def named(names: list[str]) -> list[Path]:  # a name leading out of the folder is not followed
         base = dataset_dir.resolve()
-        return [p for p in listed([dataset_dir / n for n in names]) if p.resolve().is_relative_to(base)]
+        paths = [dataset_dir / n for n in names]
+        missing = [n for n, p in zip(names, paths) if not p.is_file()]
+        if missing:
+            raise DatasetUnreadable(f"the dataset's manifest names {len(missing)} file(s) that are not there, "
+                                    f"e.g. {missing[0]}; curate it again")
+        return [p for p in listed(paths) if p.resolve().is_relative_to(base)]
 
     evals = listed([run_dir / "eval.parquet"]) if run_dir is not None else []
     try:
@@ -251,8 +256,7 @@ def open_dataset(path: str | Path) -> Iterator[LocalDataset]:
     a temporary folder (through Beam's filesystems) for as long as the block runs.
 
     DuckDB reads the copy: its own S3 reader (the httpfs extension) would have to be downloaded at run
-    time, which fails offline; and the copy is what the manifest names, so the view is consistent even
-    while another run writes into the same prefix.
+    time, which fails offline. The copy is what one read of the manifest names.
 
     Raises:
         FileNotFoundError / ValueError: as ``local_dataset``, or the URL's scheme has no filesystem.
@@ -265,9 +269,12 @@ def open_dataset(path: str | Path) -> Iterator[LocalDataset]:
 
 
 def stage_dataset(url: str, into: Path) -> Path:
-    """Copies the dataset at ``url`` (its manifest and the files it names) into the folder ``into``."""
+    """Copies the dataset at ``url`` (its manifest and the files it names) into the folder ``into``:
+    the manifest is read once, so the copy is one commit's dataset even while another run commits."""
     dataset_url = Manifest.locate(url)
-    manifest = Manifest.read(dataset_url)
+    raw = storage.read_bytes(Manifest.path_in(dataset_url))
+    (into / "manifest.json").write_bytes(raw)
+    manifest = Manifest.read(into)
     names = [n for role in ("scored", "rejected") for n in manifest.files.get(role, [])] or [
         storage.relative(f, dataset_url) for role in ("scored", "rejected")
         for f in manifest.data_files(dataset_url, role)]
@@ -278,7 +285,6 @@ def stage_dataset(url: str, into: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         with storage.open_read(storage.join(dataset_url, name)) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-    (into / "manifest.json").write_bytes(storage.read_bytes(Manifest.path_in(dataset_url)))
     return into
 
 

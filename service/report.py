@@ -71,7 +71,8 @@ def _run_part(run_dir: Path, dataset_dir: Path) -> dict[str, Any] | None:
     if not metrics_path.is_file() or not eval_path.is_file():
         return None
     metrics = json.loads(metrics_path.read_text())
-    scored = {r["fact_id"]: r for r in pq.read_table(dataset_dir / "scored", columns=[
+    files = Manifest.read(dataset_dir).data_files(dataset_dir, "scored")  # the files it names
+    scored = {r["fact_id"]: r for f in files for r in pq.read_table(f, columns=[
         "fact_id", "prompt", "prediction"]).to_pylist()}
     facts = []
     for row in pq.read_table(eval_path).to_pylist():

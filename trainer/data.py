@@ -30,6 +30,7 @@ class DatasetInfo:
     config_hash: str
     manifest_sha256: str
     scoring: ScoringSpec
+    manifest: Manifest | None = None  # the one read: its files are the ones trained on (no second read)
 
 
 def read_dataset_info(dataset_dir: str | Path) -> DatasetInfo:
@@ -42,19 +43,22 @@ def read_dataset_info(dataset_dir: str | Path) -> DatasetInfo:
     manifest, digest = Manifest.read_with_digest(dataset_dir)
     path = str(dataset_dir).rstrip("/") if storage.is_url(dataset_dir) else str(Path(dataset_dir).resolve())
     return DatasetInfo(path=path, dataset_id=manifest.dataset_id,
-                       config_hash=manifest.config_hash, manifest_sha256=digest, scoring=manifest.scoring)
+                       config_hash=manifest.config_hash, manifest_sha256=digest, scoring=manifest.scoring,
+                       manifest=manifest)
 
 
-def read_scored(dataset_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+def read_scored(dataset_dir: str | Path, columns: list[str] | None = None,
+                manifest: Manifest | None = None) -> pa.Table:
     """Every scored row of the dataset (kept and filtered), in input order: the files its manifest
-    names, from a local folder or an object store (``schemas.storage``).
+    names (``manifest``, already read, or read here), from a local folder or an object store
+    (``schemas.storage``).
 
     Raises:
         FileNotFoundError: no manifest, or no scored Parquet file.
     """
     import pyarrow.parquet as pq
 
-    files = Manifest.read(dataset_dir).data_files(dataset_dir, "scored")
+    files = (manifest or Manifest.read(dataset_dir)).data_files(dataset_dir, "scored")
     if not files:
         raise FileNotFoundError(f"no scored Parquet in {dataset_dir}; run `beacon curate` first")
 

@@ -53,7 +53,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
         raise ValueError(f"{dataset_dir} is dataset {info.dataset_id}, but {run_dir} was trained on "
                          f"{run['dataset']['dataset_id']}; pass --dataset with the right one")
     chat = bool(train_config.chat_template)
-    table = read_scored(dataset_dir)
+    table = read_scored(dataset_dir, manifest=info.manifest)
     facts = table.to_pylist()
     paraphrases = {"evaluated": sum(len(f.get("paraphrases") or []) for f in facts if f["keep"]), "trained_on": 0,
                    "scope": "every paraphrase (none was trained on)"}

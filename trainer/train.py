@@ -120,7 +120,7 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
         log.info("%s stopped when every fact was learned, at step %d; nothing to do", run_dir,
                  previous["global_step"])
         return TrainResult(**previous)
-    facts = read_scored(dataset_dir).to_pylist()
+    facts = read_scored(dataset_dir, manifest=info.manifest).to_pylist()
     rows = [r for r in facts if r["keep"]]
     if not rows:
         raise ValueError(f"{dataset_dir} has no kept facts ({len(facts)} scored); nothing to train")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.config import CurateConfig
 from schemas import Manifest
+from schemas.manifest import local_folder
 from service.commands.config_flags import add_config_flags, load_configs
 from trainer.config import EvalConfig, TrainConfig
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                            skip={"train": TRAIN_SKIP, "eval": set(EvalConfig.model_fields)},
                            extra={"train": {"progress": args.progress}, "eval": {"progress": args.progress}})
     curate_config, train_config, eval_config = configs["curate"], configs["train"], configs["eval"]
-    out = Path(args.out)
+    out = local_folder(args.out, "--out")  # a run folder is local (a URL is refused, not made ./s3:/…)
     dataset_dir, run_dir = out / "dataset", out / "run"
     if Manifest.exists_in(out):
         raise ValueError(f"--out {out} is a curated dataset; `beacon run` writes {dataset_dir}/ and {run_dir}/ "

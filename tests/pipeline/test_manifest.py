@@ -42,9 +42,24 @@ def test_the_same_inputs_and_config_are_the_same_dataset():
 def test_commit_records_timings_and_swaps_the_folder_in(tmp_path: Path):
     staging, out = tmp_path / ".staging", tmp_path / "out"
     (staging / "rejected").mkdir(parents=True)
+    (staging / "scored").mkdir()
+    (staging / "scored" / "part-00000-of-00001.parquet").write_bytes(b"x")
+    (staging / "scored" / "beam-temp-part-1").mkdir()
+    (staging / "scored" / "beam-temp-part-1" / "0123.parquet").write_bytes(b"x")  # never named
     _manifest().model_copy(update={"counts": _manifest().counts.model_copy(update={"rejected": 0})}).write(staging)
     out.mkdir()
     (out / "old.txt").write_text("old")
     committed = commit(staging, out, timings={"total": 1.5})
     assert committed.timings == {"total": 1.5} and Manifest.read(out).timings == {"total": 1.5}
     assert not (out / "old.txt").exists() and not (out / "rejected").exists() and not staging.exists()
+    assert committed.files == {"scored": ["scored/part-00000-of-00001.parquet"], "rejected": []}
+
+
+def test_a_commit_refuses_a_run_whose_scored_shards_are_missing(tmp_path: Path):
+    staging, out = tmp_path / ".staging", tmp_path / "out"
+    (staging / "scored").mkdir(parents=True)
+    (staging / "scored" / "part-00001-of-00002.parquet").write_bytes(b"x")  # shard 0 of 2 is missing
+    _manifest().model_copy(update={"counts": _manifest().counts.model_copy(update={"rejected": 0})}).write(staging)
+    with pytest.raises(RuntimeError, match="incomplete"):
+        commit(staging, out, timings={})
+    assert not out.exists()

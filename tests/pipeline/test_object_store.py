@@ -112,7 +112,7 @@ def test_an_s3_curation_holds_exactly_what_the_local_one_does(s3_dataset, curate
     # The bucket holds the manifest and exactly the files it names, under one run's prefix.
     named = [f"curated/{name}" for role in ("scored", "rejected") for name in remote["files"][role]]
     assert _keys("curated/") == sorted(["curated/manifest.json", *named])
-    assert len({name.split("/")[1] for name in named}) == 1 and all(n.startswith("curated/_runs/") for n in named)
+    assert all(n.startswith("curated/_runs/") for n in named) and len({n.split("/")[2] for n in named}) == 1
     assert remote["files"]["rejected"] and counts["rejected"] > 0
 
 
@@ -141,7 +141,9 @@ def test_a_second_run_into_the_same_prefix_is_refused_and_changes_nothing(s3_dat
     assert _keys("curated/") == before
 
 
-def test_a_run_killed_at_its_commit_leaves_the_previous_dataset_whole_and_overwrite_cleans_up(s3_dataset, s3_env):
+def test_a_run_killed_at_its_commit_leaves_the_previous_dataset_whole(s3_dataset, s3_env, monkeypatch):
+    import pipeline.manifest
+
     before = _manifest("curated")
     old_files = {f"curated/{n}" for role in ("scored", "rejected") for n in before["files"][role]}
     # A real SIGKILL at the worst moment: every data file of the new run written, its manifest not yet.
@@ -163,14 +165,40 @@ def test_a_run_killed_at_its_commit_leaves_the_previous_dataset_whole_and_overwr
     keys = set(_keys("curated/"))
     orphans = {k for k in keys - old_files - {"curated/manifest.json"}}
     assert orphans and all(k.startswith("curated/_runs/") for k in orphans)  # the killed run's files
+    assert any("/scored/part-" in k for k in orphans)  # it had written its data
     assert _manifest("curated") == before and old_files <= keys  # the old dataset, whole
     assert len(_rows(s3_dataset)) == before["counts"]["scored"]
 
+    # The next commit replaces the old dataset's files; the killed run's are left while they are
+    # young (they could be another run still writing), and removed once stale.
     assert _curate(s3_dataset, "--overwrite") == 0
     after = _manifest("curated")
     named = {f"curated/{n}" for role in ("scored", "rejected") for n in after["files"][role]}
-    assert set(_keys("curated/")) == named | {"curated/manifest.json"}  # old run and killed run gone
+    assert set(_keys("curated/")) == named | orphans | {"curated/manifest.json"}
     assert not named & old_files and after["dataset_id"] == before["dataset_id"]
+    monkeypatch.setattr(pipeline.manifest, "STALE_RUN_S", 0.0)
+    assert _curate(s3_dataset, "--overwrite") == 0
+    final = _manifest("curated")
+    assert set(_keys("curated/")) == {"curated/manifest.json"} | {
+        f"curated/{n}" for role in ("scored", "rejected") for n in final["files"][role]}
+
+
+def test_the_commit_names_only_the_sinks_complete_shards(s3_dataset):
+    """Beam's temporary files below the role folder are never named, and a missing shard fails the
+    commit before any manifest is written."""
+    from pipeline.manifest import _parts
+    from schemas import storage
+
+    run = _manifest("curated")["files"]["scored"][0].rsplit("/", 2)[0]
+    folder = f"{s3_dataset}/{run}/scored"
+    storage.write_bytes(f"{folder}/beam-temp-part-x/0123.parquet", b"not a shard")
+    try:
+        assert [p.rsplit("/", 1)[1] for p in _parts(folder)] == ["part-00000-of-00001.parquet"]
+        storage.write_bytes(f"{folder}/part-00002-of-00003.parquet", b"x")
+        with pytest.raises(RuntimeError, match="incomplete"):
+            _parts(folder)
+    finally:
+        storage.delete([f"{folder}/beam-temp-part-x/0123.parquet", f"{folder}/part-00002-of-00003.parquet"])
 
 
 def test_beacon_train_and_eval_read_the_s3_dataset(s3_dataset, tmp_path, capsys):
@@ -206,6 +234,13 @@ def test_an_s3_endpoint_that_does_not_answer_is_one_sentence_in_seconds(monkeypa
     err = capsys.readouterr().err
     assert f"cannot reach the S3 endpoint {endpoint}" in err and len(err.strip().splitlines()) == 1, err
     assert time.monotonic() - started < 60
+
+
+def test_a_bucket_root_or_a_glob_is_refused_as_out(s3_env, capsys):
+    assert _curate(f"s3://{BUCKET}") == 2
+    assert "not the bucket itself" in capsys.readouterr().err
+    assert _curate(f"s3://{BUCKET}/cur[12]") == 2
+    assert "glob character" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("url, says", [("gs://bucket/curated", "apache-beam[gcp]"),
