@@ -10,6 +10,15 @@ import pytest
 MINI_FACTS = Path(__file__).parent / "tests" / "fixtures" / "mini_facts.jsonl"
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def curated(tmp_path_factory) -> Path:
     """``mini_facts.jsonl`` curated once per session with the bundled models, through the CLI as a user
@@ -55,16 +64,13 @@ def postgres_server():
     """A throwaway PostgreSQL cluster on a free loopback port for the session (scripts/postgres.sh;
     `make setup` installs Debian's package when it is missing): its server URL."""
     import shutil
-    import socket
     import subprocess
     import tempfile
 
     script = Path(__file__).parent / "scripts" / "postgres.sh"
     folder = Path(tempfile.mkdtemp(prefix="beacon-pg-"))
     folder.chmod(0o755)  # the cluster's owner (postgres, when the tests run as root) must reach it
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     started = subprocess.run([str(script), "start", str(folder / "data"), str(port)], capture_output=True, text=True)
     if started.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)

@@ -231,6 +231,11 @@ def measure_lsh(path: Path, targets: list[str], config: str, base: tuple[float, 
     }
 
 
+def query_rows(n: int, queries: int, seed: int) -> np.ndarray:
+    """The sampled query rows of the faiss arms (the same for the search and for its scoring)."""
+    return np.sort(np.random.default_rng(seed + 1).choice(n, queries, replace=False))
+
+
 def faiss_arm(kind: str, path: str, threshold: float, nlist: int, nprobe: int, queries: int, seed: int) -> dict:
     """One faiss pass over the embeddings at ``path`` (run in a fresh process: its peak RSS is its own):
     every pair at or above ``threshold`` by ``range_search``, with ``IndexFlatIP`` (exact) or
@@ -252,8 +257,7 @@ def faiss_arm(kind: str, path: str, threshold: float, nlist: int, nprobe: int, q
         index.nprobe = nprobe
     index.add(emb)
     built = time.perf_counter() - started
-    rows = (np.sort(np.random.default_rng(seed + 1).choice(n, queries, replace=False)) if queries
-            else np.arange(n))
+    rows = query_rows(n, queries, seed) if queries else np.arange(n)
     found = []
     for r0 in range(0, len(rows), EXACT_BLOCK):
         block = rows[r0:r0 + EXACT_BLOCK]
@@ -275,7 +279,7 @@ def _vm_hwm_gb() -> float:
 
 
 def measure_faiss(path: Path, targets: list[str], exact: Exact | None, args, kind: str,
-                  sampled: bool = True) -> dict:
+                  sampled: bool = True) -> tuple[dict, set, set]:
     """A faiss arm in its own process, and its recall against the exact truth (or, with
     ``--faiss-queries``, against faiss's own exact pass over the same sampled queries)."""
     import multiprocessing
@@ -288,16 +292,14 @@ def measure_faiss(path: Path, targets: list[str], exact: Exact | None, args, kin
     norm = [normalize_text(t) for t in targets]
     i, j, cos = r["i"], r["j"], r["cos"]
     if exact is None:  # sampled truth: (query, neighbour) pairs of the sampled query rows only
-        sample = np.random.default_rng(args.seed + 1).choice(n, args.faiss_queries, replace=False)
-        mine = np.isin(i, sample)
+        mine = np.isin(i, query_rows(n, args.faiss_queries, args.seed))
         i, j, cos = i[mine], j[mine], cos[mine]
-        pairs = set(zip(i.tolist(), j.tolist()))
-        conflicts = {(a, b) for a, b, c in zip(i.tolist(), j.tolist(), cos.tolist())
-                     if c >= args.conflict_threshold and norm[a] != norm[b]}
+        key = lambda a, b: (a, b)  # noqa: E731 - directed: the query row first
     else:
-        pairs = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
-        conflicts = {(min(a, b), max(a, b)) for a, b, c in zip(i.tolist(), j.tolist(), cos.tolist())
-                     if c >= args.conflict_threshold and norm[a] != norm[b]}
+        key = lambda a, b: (min(a, b), max(a, b))  # noqa: E731 - each pair once
+    triples = list(zip(i.tolist(), j.tolist(), cos.tolist()))
+    pairs = {key(a, b) for a, b, _ in triples}
+    conflicts = {key(a, b) for a, b, c in triples if c >= args.conflict_threshold and norm[a] != norm[b]}
     out = {"n": n, "config": f"faiss {kind}" + (f" nlist={nlist} nprobe={args.nprobe}" if kind == "ivf" else ""),
            "s": r["s"], "cpu_s": r["cpu_s"], "build_s": r["build_s"], "peak_rss_gb": r["peak_rss_gb"],
            "pairs_found": len(pairs)}

@@ -21,6 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import InputFormat
+from schemas import storage
 
 # The --format values (pipeline.config.InputFormat) besides 'auto': a container, or a layout it forces.
 CONTAINERS = ("jsonl", "json", "parquet", "csv")
@@ -73,7 +74,7 @@ def check_inputs(paths: list[str], fmt: str) -> list[InputSpec]:
         container = _check_content(path, container, head)
         # Absolute before any worker starts: a worker may run in another folder (or on another host,
         # where a local path means nothing anyway).
-        resolved = path if "://" in path else os.path.abspath(path)
+        resolved = path if storage.is_url(path) else os.path.abspath(path)
         specs.append(InputSpec(path=resolved, container=container,
                                layout=fmt if fmt in FORCED_LAYOUTS else None,
                                source_index=index, sha256=_sha256(path), size=size))

@@ -139,7 +139,7 @@ def _parts(folder: str | Path) -> list[str]:
     found: dict[int, str] = {}
     totals: set[int] = set()
     for path in storage.list_files(folder):
-        match = _PART.fullmatch(storage.relative(path, folder).replace(os.sep, "/"))
+        match = _PART.fullmatch(storage.relative(path, folder))
         if match:
             found[int(match[1])] = path
             totals.add(int(match[2]))
@@ -151,7 +151,7 @@ def _parts(folder: str | Path) -> list[str]:
 def _with_files(staging: str | Path, manifest: Manifest, base: str | Path) -> Manifest:
     """``manifest`` naming the staged data files, relative to ``base`` (the rejected ones only when
     there is a rejected record: an empty dataset's writer still leaves an empty file)."""
-    files = {role: [storage.relative(f, base).replace(os.sep, "/") for f in _parts(storage.join(staging, role))]
+    files = {role: [storage.relative(f, base) for f in _parts(storage.join(staging, role))]
              for role in ("scored", "rejected")}
     if manifest.counts.rejected == 0:
         files["rejected"] = []
@@ -233,21 +233,22 @@ def commit_remote(staging: str, out: str, timings: dict[str, float]) -> Manifest
 
 def _remove_replaced(out: str, staging: str, manifest: Manifest, old: Manifest | None) -> None:
     keep = {storage.join(out, n) for names in manifest.files.values() for n in names}
-    doomed = set()
-    if old is not None:
-        doomed |= {storage.join(out, n) for names in old.files.values() for n in names}
-    runs = storage.join(out, RUNS_PREFIX) + "/"
+    doomed = {storage.join(out, n) for names in old.files.values() for n in names} if old is not None else set()
+    runs, local_layout = storage.join(out, RUNS_PREFIX) + "/", (storage.join(out, "scored") + "/",
+                                                                 storage.join(out, "rejected") + "/")
+    by_run: dict[str, list[str]] = {}
     newest: dict[str, float] = {}
-    now = time.time()
-    for path, mtime in storage.list_files_with_times(out):
+    for path, mtime in storage.list_files_with_times(out):  # one listing of the prefix
         if path.startswith(runs):
             run = path[len(runs):].split("/", 1)[0]
+            by_run.setdefault(run, []).append(path)
             newest[run] = max(newest.get(run, 0.0), mtime or 0.0)
-        elif path.startswith((storage.join(out, "scored") + "/", storage.join(out, "rejected") + "/")):
+        elif path.startswith(local_layout):
             doomed.add(path)  # a dataset of the local layout, copied up, that this one replaces
-    this_run = staging.rstrip("/").rsplit("/", 1)[-1]
-    stale = {run for run, t in newest.items() if run != this_run and now - t > STALE_RUN_S}
-    doomed |= {path for path, _ in storage.list_files_with_times(out)
-               if path.startswith(runs) and path[len(runs):].split("/", 1)[0] in stale}
-    doomed |= {f for f in storage.list_files(staging) if f not in keep}  # the staged manifest, temp files
+    this_run, now = staging.rstrip("/").rsplit("/", 1)[-1], time.time()
+    for run, paths in by_run.items():
+        if run == this_run:
+            doomed |= set(paths)  # the staged manifest and any temp files; its shards are kept
+        elif now - newest[run] > STALE_RUN_S:
+            doomed |= set(paths)
     storage.delete(sorted(doomed - keep))

@@ -27,7 +27,7 @@ from pipeline.drift import ScoreDrift
 from pipeline.embed import EmbedTexts
 from pipeline.fact_ids import CheckFactIds
 from pipeline.interference import ScoreInterference
-from pipeline.manifest import (RUNS_PREFIX, Identity, WriteManifest, commit, commit_remote, remote_leftovers,
+from pipeline.manifest import (Identity, WriteManifest, commit, commit_remote, remote_leftovers,
                                remote_staging)
 from pipeline.policy import ApplyPolicy
 from pipeline.probe import ProbeModel
@@ -38,6 +38,7 @@ from pipeline.text import normalize_text
 from pipeline.write import WriteScored
 from schemas import Manifest
 from schemas import storage
+from schemas.config_file import first_line
 from scoring.risk import risk
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def _curate(inputs: list[str], out_dir: str, config: CurateConfig, options: Pipe
     runner = options.view_as(StandardOptions).runner
     if remote:
         staging: str | Path = remote_staging(out)
-        _check_writable(staging)
+        _check_writable(staging, out)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
@@ -222,7 +223,7 @@ def _committed_by_manifest(out: str, staging: str) -> bool:
     return any(name.startswith(prefix) for names in files.values() for name in names)
 
 
-def _check_writable(staging: str) -> None:
+def _check_writable(staging: str, out: str) -> None:
     """Fails fast, naming the location, when the object store refuses a write (no bucket, no rights),
     rather than after the models have run."""
     probe = storage.join(staging, ".write-check")
@@ -230,13 +231,8 @@ def _check_writable(staging: str) -> None:
         storage.write_bytes(probe, b"ok")  # not empty: Beam's S3 writer cannot complete an empty upload
         storage.delete([probe])
     except Exception as e:  # noqa: BLE001 - whatever the store says, it is the reason
-        raise ValueError(f"--out {staging.rsplit('/' + RUNS_PREFIX, 1)[0]}: cannot write there: "
-                         f"{_first_line(e)}") from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise ValueError(f"--out {out}: cannot write there: "
+                         f"{first_line(e)}") from None
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> Manifest:

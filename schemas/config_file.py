@@ -60,6 +60,12 @@ class ConfigSection(BaseModel):
         return cls.__name__.removesuffix("Config").lower()
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def explain(e: ValidationError) -> str:
     """A pydantic error as one line: each failing key, why, and the value it got."""
     parts = []

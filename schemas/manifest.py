@@ -10,7 +10,6 @@ object-store commit safe: a reader never lists a prefix that a run may be writin
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +118,14 @@ class Manifest(BaseModel):
     def locate(cls, path: str | Path) -> str | Path:
         """The dataset folder a user means by ``path``: itself, or a `beacon run` folder's ``dataset/``.
 
+        Raises: as ``locate_read``.
+        """
+        return cls.locate_read(path)[0]
+
+    @classmethod
+    def locate_read(cls, path: str | Path) -> "tuple[str | Path, Manifest]":
+        """``locate(path)`` and the manifest found there, read once.
+
         Raises:
             FileNotFoundError: neither holds a manifest (the message names ``path``).
             ValueError: the manifest is damaged, or ``path``'s URL scheme has no filesystem installed.
@@ -131,8 +138,7 @@ class Manifest(BaseModel):
                 raise ValueError(f"{path} holds a dataset (manifest.json) and a `beacon run` "
                                  f"(dataset/manifest.json); name the one you mean: {run_dataset} for the run's")
             path = run_dataset
-        cls.read(path)
-        return path
+        return path, cls.read(path)
 
     def data_files(self, dataset_dir: str | Path, role: str) -> list[str]:
         """The ``role`` ('scored' or 'rejected') Parquet files of the dataset in ``dataset_dir``, as
@@ -142,7 +148,7 @@ class Manifest(BaseModel):
             return [storage.join(dataset_dir, name) for name in self.files.get(role, [])]
         folder = storage.join(dataset_dir, role)
         return [f for f in storage.list_files(folder)
-                if f.endswith(".parquet") and "/" not in storage.relative(f, folder).replace(os.sep, "/")]
+                if f.endswith(".parquet") and "/" not in storage.relative(f, folder)]
 
     @classmethod
     def read(cls, dataset_dir: str | Path) -> "Manifest":

@@ -47,13 +47,13 @@ def join(base: str | Path, *parts: str) -> str:
 
 
 def relative(path: str, base: str | Path) -> str:
-    """``path`` relative to the folder ``base`` (both URLs, or both local)."""
+    """``path`` relative to the folder ``base`` (both URLs, or both local), ``/``-separated."""
     prefix = str(base).rstrip("/") + "/"
     if is_url(base):
         if not path.startswith(prefix):
             raise ValueError(f"{path} is not under {base}")
         return path[len(prefix):]
-    return os.path.relpath(path, str(base))
+    return os.path.relpath(path, str(base)).replace(os.sep, "/")
 
 
 def configure(options: Any = None) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Manifest, ScoringSpec, storage
+from schemas.config_file import first_line
 from schemas.manifest import local_folder
 from service.jsonsafe import dumps
 
@@ -140,9 +141,11 @@ def scored_files(layout: Layout, dataset: dict[str, Any], run_dir: Path | None) 
     return _files_of(layout.resolve(dataset["path"]), run_dir, within=layout.root)
 
 
-def _files_of(dataset_dir: Path, run_dir: Path | None, *, within: Path | None = None) -> ScoredFiles:
+def _files_of(dataset_dir: Path, run_dir: Path | None, *, within: Path | None = None,
+              manifest: Manifest | None = None) -> ScoredFiles:
     """The Parquet files of a dataset folder (and its run's eval.parquet); with ``within``, only those
-    that really lie under it (a symlink out of the data root is not followed)."""
+    that really lie under it (a symlink out of the data root is not followed). ``manifest``: the
+    folder's, already read (default: read here)."""
     def listed(paths: list[Path]) -> list[Path]:
         return [p for p in paths if p.is_file() and (within is None or p.resolve().is_relative_to(within))]
 
@@ -160,7 +163,7 @@ def _files_of(dataset_dir: Path, run_dir: Path | None, *, within: Path | None = 
 
     evals = listed([run_dir / "eval.parquet"]) if run_dir is not None else []
     try:
-        files = Manifest.read(dataset_dir).files
+        files = (manifest or Manifest.read(dataset_dir)).files
     except (OSError, ValueError):
         files = {}
     if files:  # the files the manifest names (an object-store run's live under a prefix of their own)
@@ -248,6 +251,7 @@ class LocalDataset:
     dataset_dir: Path
     run_dir: Path | None
     files: ScoredFiles
+    manifest: Manifest
 
 
 @contextlib.contextmanager
@@ -271,13 +275,10 @@ def open_dataset(path: str | Path) -> Iterator[LocalDataset]:
 def stage_dataset(url: str, into: Path) -> Path:
     """Copies the dataset at ``url`` (its manifest and the files it names) into the folder ``into``:
     the manifest is read once, so the copy is one commit's dataset even while another run commits."""
-    dataset_url = Manifest.locate(url)
-    raw = storage.read_bytes(Manifest.path_in(dataset_url))
-    (into / "manifest.json").write_bytes(raw)
-    manifest = Manifest.read(into)
-    names = [n for role in ("scored", "rejected") for n in manifest.files.get(role, [])] or [
-        storage.relative(f, dataset_url) for role in ("scored", "rejected")
-        for f in manifest.data_files(dataset_url, role)]
+    dataset_url, manifest = Manifest.locate_read(url)
+    manifest.write(into)
+    names = [storage.relative(f, dataset_url) for role in ("scored", "rejected")
+             for f in manifest.data_files(dataset_url, role)]
     for name in names:
         target = (into / name).resolve()
         if not target.is_relative_to(into.resolve()):
@@ -296,9 +297,10 @@ def local_dataset(path: str | Path) -> LocalDataset:
         ValueError: the manifest is damaged.
     """
     root = local_folder(path, "dataset")
-    dataset_dir = Manifest.locate(root)
+    dataset_dir, manifest = Manifest.locate_read(root)
     run_dir = root / "run" if dataset_dir != root else None
-    return LocalDataset(root=root, dataset_dir=dataset_dir, run_dir=run_dir, files=_files_of(dataset_dir, run_dir))
+    return LocalDataset(root=root, dataset_dir=dataset_dir, run_dir=run_dir, manifest=manifest,
+                        files=_files_of(dataset_dir, run_dir, manifest=manifest))
 
 
 def _stats_path(layout: Layout, dataset: dict[str, Any]) -> Path:
@@ -335,7 +337,7 @@ def compute_stats(files: ScoredFiles, *, threads: int) -> dict[str, Any]:
         con.execute(f"CREATE VIEW scored AS SELECT * FROM read_parquet({sql_paths(files.scored)})")
         return _stats(con, rejected=_count(con, files.rejected))
     except duckdb.Error as e:  # a damaged or foreign Parquet file: the dataset's problem, not the server's
-        raise DatasetUnreadable(f"the dataset's Parquet files cannot be read: {str(e).splitlines()[0]}") from None
+        raise DatasetUnreadable(f"the dataset's Parquet files cannot be read: {first_line(e)}") from None
     finally:
         con.close()
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas.config_file import first_line
 from service.datasets import ScoredFiles, sql_paths
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def check_sql(sql: str) -> str:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as e:
-        raise QueryError(f"the query does not parse: {_first_line(e)}") from None
+        raise QueryError(f"the query does not parse: {first_line(e)}") from None
     if len(statements) != 1:
         raise QueryError(f"send exactly one statement, got {len(statements)}")
     statement = statements[0]
@@ -284,7 +285,7 @@ def _child(send: Any, statement: str, files: dict[str, list[str]], root: str, sp
         os.chdir(root)
         message = _answer(statement, files, spill, limits)
     except Exception as e:  # noqa: BLE001 - whatever happened is the query's error, never the server's
-        message = {"ok": False, "kind": "error", "message": f"the query failed: {_first_line(e)}"}
+        message = {"ok": False, "kind": "error", "message": f"the query failed: {first_line(e)}"}
     data = _scrub(json.dumps(message, allow_nan=False), root)
     if len(data) > limits.max_bytes + 65_536:
         data = json.dumps({"ok": False, "kind": "too_large", "message": _too_large_message(limits)})
@@ -323,7 +324,7 @@ def _answer(statement: str, files: dict[str, list[str]], spill: str, limits: Que
         except duckdb.InterruptException:
             return {"ok": False, "kind": "timeout", "message": _timeout_message(limits)}
         except duckdb.Error as e:
-            return {"ok": False, "kind": "error", "message": f"the query failed: {_first_line(e)}"}
+            return {"ok": False, "kind": "error", "message": f"the query failed: {first_line(e)}"}
         finally:
             timer.cancel()
     finally:
@@ -407,8 +408,3 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     return str(value)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

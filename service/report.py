@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas import Manifest
 from service.datasets import build_stats, local_dataset
+from service.html import templates
 
 REPORT_FILE = "report.html"
 MAX_FACT_ROWS = 2000  # beyond that the file gets heavy; the summary says how to query the rest
@@ -37,18 +37,12 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Report:
     Raises:
         FileNotFoundError: ``folder`` holds no curated dataset. ValueError: a damaged manifest.
     """
-    import jinja2
-
     local = local_dataset(folder)
-    manifest = Manifest.read(local.dataset_dir)
+    manifest = local.manifest
     stats = build_stats(local.files, manifest, threads=2)
-    run = _run_part(local.run_dir, local.dataset_dir) if local.run_dir is not None else None
+    run = _run_part(local.run_dir, local.files.scored) if local.run_dir is not None else None
     rejected = _rejected(local.files.rejected)
-    env = jinja2.Environment(loader=jinja2.PackageLoader("service", "templates"),
-                             autoescape=jinja2.select_autoescape(["html"]))
-    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.0f}%"
-    env.filters["num"] = lambda v: "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
-    page = env.get_template("report.html").render(
+    page = templates().get_template("report.html").render(
         manifest=manifest, stats=stats, run=run, rejected=rejected, folder=str(folder),
         drift_chart=histogram_svg(stats["drift"]["histogram"], f"drift ({stats['drift']['definition']})"),
         interference_chart=histogram_svg(stats["interference"]["histogram"], "interference"),
@@ -63,7 +57,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Report:
     return Report(path=path, facts=facts, shown=len(run["facts"]) if run else 0)
 
 
-def _run_part(run_dir: Path, dataset_dir: Path) -> dict[str, Any] | None:
+def _run_part(run_dir: Path, scored_files: list[Path]) -> dict[str, Any] | None:
     """What the report shows of a run: its metrics, its learning curve, and every fact's outcome."""
     import pyarrow.parquet as pq
 
@@ -71,8 +65,7 @@ def _run_part(run_dir: Path, dataset_dir: Path) -> dict[str, Any] | None:
     if not metrics_path.is_file() or not eval_path.is_file():
         return None
     metrics = json.loads(metrics_path.read_text())
-    files = Manifest.read(dataset_dir).data_files(dataset_dir, "scored")  # the files it names
-    scored = {r["fact_id"]: r for f in files for r in pq.read_table(f, columns=[
+    scored = {r["fact_id"]: r for f in scored_files for r in pq.read_table(f, columns=[
         "fact_id", "prompt", "prediction"]).to_pylist()}
     facts = []
     for row in pq.read_table(eval_path).to_pylist():

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from schemas import storage
 from service.jsonsafe import dumps
 from service.store_schema import JOB_JSON, MIGRATIONS, SCHEMA_VERSION, UNREADABLE
 
@@ -86,7 +87,8 @@ def new_id(prefix: str) -> str:
 
 
 def decode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A row with its JSON columns (stored as text in both stores) decoded."""
+    """A SQLite row with its JSON columns (stored as text) decoded. (PostgreSQL's are typed JSON, which
+    psycopg decodes itself.)"""
     for name in _JSON_COLUMNS:
         value = row.get(name)
         if value is not None and isinstance(value, str):
@@ -109,7 +111,7 @@ def open_store(database: str | Path) -> JobStore:
         ValueError: a URL of another scheme (the message names it).
     """
     text = str(database)
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    scheme = storage.scheme(text)
     if scheme in ("postgresql", "postgres"):
         from service.store_pg import PostgresStore
 

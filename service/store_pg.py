@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from service.jsonsafe import dumps
-from service.store import TERMINAL, Claim, Conflict, LeaseLost, NotFound, decode_row, new_id
+from service.store import TERMINAL, Claim, Conflict, LeaseLost, NotFound, new_id
 from service.store_schema import PG_JOB_JSON, PG_MIGRATIONS, SCHEMA_VERSION
 
 _RUNNING = "('curating', 'training', 'evaluating')"
@@ -198,9 +198,9 @@ class PostgresStore:
                 (job_id, idempotency_key, request_hash, dataset_id, dumps(params), now, now)).fetchone()
             if row is not None:
                 self._event(con, job_id, "queued", "job queued", at=now)
-                return decode_row(row), True
-            existing = decode_row(con.execute("SELECT * FROM jobs WHERE idempotency_key = %s",
-                                              (idempotency_key,)).fetchone())
+                return row, True
+            existing = con.execute("SELECT * FROM jobs WHERE idempotency_key = %s",
+                                   (idempotency_key,)).fetchone()
         if existing["request_hash"] != request_hash:
             raise Conflict(f"Idempotency-Key {idempotency_key!r} was already used with a different request; "
                            "use a new key for a new job")
@@ -211,7 +211,7 @@ class PostgresStore:
             row = con.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"job {job_id} not found")
-        return decode_row(row)
+        return row
 
     def job_json(self, *, job_id: str) -> bytes:
         """The job as the API's JSON.
@@ -279,7 +279,7 @@ class PostgresStore:
                 self._event(con, job_id, "cancelled", "job cancelled", at=now)
             else:
                 con.execute("UPDATE jobs SET cancel_requested = 1, updated_at = %s WHERE id = %s", (now, job_id))
-            return decode_row(con.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone())
+            return con.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
 
     def list_events(self, *, job_id: str, after: int, limit: int) -> tuple[list[dict], int]:
         with self._connection(write=False) as con:
@@ -287,7 +287,7 @@ class PostgresStore:
                                 (job_id, after)).fetchone()["n"]
             rows = con.execute("SELECT * FROM events WHERE job_id = %s AND id > %s ORDER BY id LIMIT %s",
                                (job_id, after, limit)).fetchall()
-        return [decode_row(r) for r in rows], count
+        return rows, count
 
     # --- jobs: the worker's side -----------------------------------------------------------------
     def claim_job(self, *, worker_id: str, lease_seconds: float, max_attempts: int) -> Claim | None:
@@ -316,7 +316,6 @@ class PostgresStore:
                  "max_attempts": max_attempts}).fetchone()
             if job is None:
                 return None
-            job = decode_row(job)
             if job["attempts"] > 1:
                 message = f"taken over by worker {worker_id} (attempt {job['attempts']}): the lease expired"
             else:

@@ -81,11 +81,10 @@ def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     given, out = local_folder(dataset, "dataset"), local_folder(out, "--out")
-    dataset = Manifest.locate(given)
+    dataset, manifest = Manifest.locate_read(given)
     _check_out(out, fmt, given=given, dataset=dataset, overwrite=overwrite)
-    manifest = Manifest.read(dataset)
     chat = manifest.scoring.chat_template
-    rows = read_scored(dataset, columns=_COLUMNS).to_pylist()
+    rows = read_scored(dataset, columns=_COLUMNS, manifest=manifest).to_pylist()
     kept = [r for r in rows if r["keep"]]
     if not kept:
         reasons = ", ".join(f"{k} {v}" for k, v in Counter(r["reason"] for r in rows).most_common())

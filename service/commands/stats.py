@@ -19,13 +19,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from schemas import Manifest
     from schemas import storage
     from service.datasets import build_stats, open_dataset
     from service.jsonsafe import dumps
 
     with open_dataset(args.dataset) as local:  # an object-store dataset is read from a local copy
-        stats = build_stats(local.files, Manifest.read(local.dataset_dir), threads=args.threads)
+        stats = build_stats(local.files, local.manifest, threads=args.threads)
         shown = args.dataset if storage.is_url(args.dataset) else str(local.dataset_dir)
     if args.json:
         print(json.dumps(json.loads(dumps(stats)), indent=2))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,23 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MINI_FACTS
+from conftest import MINI_FACTS, free_port
 
 BUCKET = "beacon-test"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3_env():
     """A moto S3 server on loopback, the environment that points boto3 (and so Beam) at it, and the
     test bucket holding the fixture's input file."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
@@ -76,6 +69,11 @@ def _manifest(prefix: str) -> dict:
 
     body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read()
     return json.loads(body)
+
+
+def _named(manifest: dict) -> set[str]:
+    """The bucket keys of the files ``manifest`` (of ``curated/``) names."""
+    return {f"curated/{n}" for role in ("scored", "rejected") for n in manifest["files"][role]}
 
 
 def _curate(out: str, *flags: str) -> int:
@@ -145,7 +143,7 @@ def test_a_run_killed_at_its_commit_leaves_the_previous_dataset_whole(s3_dataset
     import pipeline.manifest
 
     before = _manifest("curated")
-    old_files = {f"curated/{n}" for role in ("scored", "rejected") for n in before["files"][role]}
+    old_files = _named(before)
     # A real SIGKILL at the worst moment: every data file of the new run written, its manifest not yet.
     killer = (
         "import os, signal, sys\n"
@@ -173,14 +171,13 @@ def test_a_run_killed_at_its_commit_leaves_the_previous_dataset_whole(s3_dataset
     # young (they could be another run still writing), and removed once stale.
     assert _curate(s3_dataset, "--overwrite") == 0
     after = _manifest("curated")
-    named = {f"curated/{n}" for role in ("scored", "rejected") for n in after["files"][role]}
+    named = _named(after)
     assert set(_keys("curated/")) == named | orphans | {"curated/manifest.json"}
     assert not named & old_files and after["dataset_id"] == before["dataset_id"]
     monkeypatch.setattr(pipeline.manifest, "STALE_RUN_S", 0.0)
     assert _curate(s3_dataset, "--overwrite") == 0
     final = _manifest("curated")
-    assert set(_keys("curated/")) == {"curated/manifest.json"} | {
-        f"curated/{n}" for role in ("scored", "rejected") for n in final["files"][role]}
+    assert set(_keys("curated/")) == {"curated/manifest.json"} | _named(final)
 
 
 def test_the_commit_names_only_the_sinks_complete_shards(s3_dataset):
@@ -225,7 +222,7 @@ def test_an_s3_endpoint_that_does_not_answer_is_one_sentence_in_seconds(monkeypa
     """Beam's S3 client alone retries with exponential backoff for minutes before it says anything."""
     from service.cli import main as beacon
 
-    endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     started = time.monotonic()

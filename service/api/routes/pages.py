@@ -11,48 +11,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from service.api.models import DATASET_ID, JOB_ID
+from service.html import templates
 
 router = APIRouter(include_in_schema=False)
-_TEMPLATES = None
 
 
-def _render(name: str, request: Request, *, status_code: int = 200, **context) -> HTMLResponse:
-    global _TEMPLATES
-    if _TEMPLATES is None:
-        import jinja2
-
-        _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("service", "templates"),
-                                        autoescape=jinja2.select_autoescape(["html"]))
-    page = _TEMPLATES.get_template(name).render(**context)
+def _render(name: str, *, status_code: int = 200, **context) -> HTMLResponse:
+    page = templates().get_template(name).render(**context)
     return HTMLResponse(page, status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/")
-async def jobs_page(request: Request) -> HTMLResponse:
-    return _render("dashboard.html", request, page="jobs", title="Jobs", item="")
+async def jobs_page() -> HTMLResponse:
+    return _render("dashboard.html", page="jobs", title="Jobs", item="")
 
 
 @router.get("/ui/jobs/{job_id}")
-async def job_page(request: Request, job_id: str) -> HTMLResponse:
-    return _item_page(request, "job", "Job", job_id, JOB_ID)
+async def job_page(job_id: str) -> HTMLResponse:
+    return _item_page("job", "Job", job_id, JOB_ID)
 
 
 @router.get("/ui/datasets/{dataset_id}")
-async def dataset_page(request: Request, dataset_id: str) -> HTMLResponse:
-    return _item_page(request, "dataset", "Dataset", dataset_id, DATASET_ID)
+async def dataset_page(dataset_id: str) -> HTMLResponse:
+    return _item_page("dataset", "Dataset", dataset_id, DATASET_ID)
 
 
-def _item_page(request: Request, page: str, noun: str, item: str, pattern: str) -> HTMLResponse:
+def _item_page(page: str, noun: str, item: str, pattern: str) -> HTMLResponse:
     """The page of one job or dataset; an id of the wrong shape is a 404 page that says so."""
     import re
 
     if not re.fullmatch(pattern, item):
-        return _render("dashboard.html", request, page="missing", title="Not found", item=item, status_code=404)
-    return _render("dashboard.html", request, page=page, title=f"{noun} {item}", item=item)
+        return _render("dashboard.html", page="missing", title="Not found", item=item, status_code=404)
+    return _render("dashboard.html", page=page, title=f"{noun} {item}", item=item)
 
 
 def static_folder() -> str:
