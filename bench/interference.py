@@ -1,4 +1,4 @@
-"""Benchmark: the interference stage alone (LSH in Beam) at 10k and 100k facts vs exact all-pairs.
+"""Benchmark: the interference stage alone (LSH or the faiss index, in Beam) at 10k to 1M facts vs exact.
 
 Facts
     Real: the prompts of CounterFact train + val (11,919 records, ``--data``), encoded once with the
@@ -13,10 +13,12 @@ Facts
     Copies of one source are also close to each other (cos ≈ c1·c2).
 
 Measured
-    LSH: wall time of a DirectRunner (in-process, one worker) pipeline: read facts from the cached
-    embeddings -> ``ScoreInterference`` -> write results to local pickles, minus the same pipeline
-    without ``ScoreInterference`` (read -> write); both are reported, with the CPU seconds of this
-    process beside the wall time (the machine may be shared; CPU time is the steadier number).
+    Stages: wall time of a DirectRunner (in-process, one worker) pipeline: read facts from the cached
+    embeddings -> the stage (``ScoreInterference``, LSH, per ``--configs``; ``ScoreInterferenceIndex``,
+    the faiss index the pipeline uses by default) -> write results to local pickles, minus the same
+    pipeline without the stage (read -> write); both are reported, with the CPU seconds beside the
+    wall time (the machine may be shared; CPU time is the steadier number). Each pipeline runs in a
+    fresh process; its peak RSS (VmHWM) is the whole pipeline's.
     Exact: one pass over the upper triangle of E·Eᵀ in 4,096² float32 blocks, keeping only the pairs
     at or above the neighbour threshold (what an exact stage needs to produce the same scores).
     Both run with one BLAS thread (set before numpy loads; export OPENBLAS_NUM_THREADS to change).
@@ -27,6 +29,9 @@ Measured
     (within 1e-5; the JSON also has the largest error, which the float16 payload makes ~1e-4).
 
     .venv/bin/python bench/interference.py --out bench/results   # writes interference.json
+    .venv/bin/python bench/interference.py --sizes 100000 --sampled-sizes 1000000 --nlist 8000 --tag 1m
+    At --sampled-sizes no exact truth is affordable: faiss flat searches --faiss-queries random rows
+    against all, and the faiss IVF arm and the index stage are scored on those rows' pairs.
     .venv/bin/python bench/interference.py --configs 16,8,2000,float32 16,10,200,float32 --tag tune
 """
 
@@ -59,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import METRICS_NS  # noqa: E402 - after the path is set
 from pipeline.interference import ScoreInterference  # noqa: E402
+from pipeline.interference_index import ScoreInterferenceIndex  # noqa: E402
 from pipeline.text import normalize_text  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -122,8 +128,21 @@ def exact_pairs(emb: np.ndarray, threshold: float):
     return i, j, cos, (time.perf_counter() - started, time.process_time() - cpu)
 
 
-def run_beam(emb_path: Path, targets: list[str], params: dict | None):
-    """Read facts -> (ScoreInterference if params) -> pickles: (wall s, CPU s), outputs, counters."""
+def run_beam_apart(emb_path: Path, targets: list[str], params: dict | None, stage: str = "lsh"):
+    """``run_beam`` in a fresh process, so that its peak RSS (the last element) is its own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_run_beam_measured, (str(emb_path), targets, params, stage))
+
+
+def _run_beam_measured(emb_path: str, targets: list[str], params: dict | None, stage: str):
+    return (*run_beam(Path(emb_path), targets, params, stage), _vm_hwm_gb())
+
+
+def run_beam(emb_path: Path, targets: list[str], params: dict | None, stage: str = "lsh"):
+    """Read facts -> (the interference stage if params: ``ScoreInterference`` (lsh) or
+    ``ScoreInterferenceIndex`` (index)) -> pickles: (wall s, CPU s), outputs, counters."""
     n = len(targets)
     with tempfile.TemporaryDirectory() as tmp:
         started, cpu = time.perf_counter(), time.process_time()
@@ -132,7 +151,8 @@ def run_beam(emb_path: Path, targets: list[str], params: dict | None):
         facts = (p | "Chunks" >> beam.Create([(s, min(n, s + 5000)) for s in range(0, n, 5000)])
                  | "Read" >> beam.ParDo(_ReadFacts(str(emb_path), targets)))
         if params:
-            scored = facts | "Score" >> ScoreInterference(**params)
+            transform = ScoreInterference if stage == "lsh" else ScoreInterferenceIndex
+            scored = facts | "Score" >> transform(**params)
         else:
             scored = facts | "Slim" >> beam.Map(lambda kv: (kv[0], kv[1]["order"]))
         scored | "Write" >> beam.ParDo(_WritePickles(tmp))
@@ -199,21 +219,32 @@ def exact_truth(emb: np.ndarray, targets: list[str], args) -> Exact:
                  set(zip(i[conflict].tolist(), j[conflict].tolist())), true_max, seconds)
 
 
-def measure_lsh(path: Path, targets: list[str], config: str, base: tuple[float, float],
-                exact: Exact, args) -> dict:
-    """One LSH config at one size: time, work, and recall against the exact truth."""
+def stage_params(stage: str, config: str, args) -> dict:
+    """The stage's parameters: an LSH config 'bands,bits,max_bucket,payload', or the index's flags."""
+    thresholds = dict(neighbor_threshold=args.neighbor_threshold, conflict_threshold=args.conflict_threshold)
+    if stage == "index":
+        return dict(thresholds, exact_max=args.exact_max, cell_size=args.cell_size, nprobe=args.nprobe)
     bands, bits, max_bucket, payload = config.split(",")
-    params = dict(neighbor_threshold=args.neighbor_threshold, conflict_threshold=args.conflict_threshold,
-                  bands=int(bands), bits=int(bits), max_bucket=int(max_bucket), seed=args.seed,
-                  payload=payload)
-    seconds, rows, counters = run_beam(path, targets, params)
+    return dict(thresholds, bands=int(bands), bits=int(bits), max_bucket=int(max_bucket), seed=args.seed,
+                payload=payload)
+
+
+def index_config(args) -> str:
+    return f"index exact_max={args.exact_max} cell_size={args.cell_size} nprobe={args.nprobe}"
+
+
+def measure_stage(path: Path, targets: list[str], stage: str, config: str, base: tuple[float, float],
+                  exact: Exact, args) -> dict:
+    """One stage (LSH config, or the faiss index) at one size: time, work, recall against the truth."""
+    seconds, rows, counters, peak = run_beam_apart(path, targets, stage_params(stage, config, args), stage)
     n = len(targets)
     assert len(rows) == n and len({k for k, _ in rows}) == n, "ScoreInterference lost or repeated keys"
     out = {int(k): v for k, v in rows}
     found = {(min(a, int(f[1:])), max(a, int(f[1:]))) for a, r in out.items() for f in r["conflicts_with"]}
     high = np.nonzero(exact.true_max > 0)[0]
     return {
-        "n": n, "config": config, "lsh_s": seconds[0] - base[0], "lsh_cpu_s": seconds[1] - base[1],
+        "n": n, "stage": stage, "config": config if stage == "lsh" else index_config(args),
+        "lsh_s": seconds[0] - base[0], "lsh_cpu_s": seconds[1] - base[1],
         "lsh_pipeline_s": seconds[0], "read_write_only_s": base[0],
         "exact_s": exact.seconds[0], "exact_cpu_s": exact.seconds[1],
         "pairs_ge_neighbor": exact.pairs, "pairs_ge_conflict": exact.pairs_conflict_threshold,
@@ -227,8 +258,33 @@ def measure_lsh(path: Path, targets: list[str], config: str, base: tuple[float, 
         "pairs_scored": counters.get("interference_pairs_scored", 0),
         "pairs_all": n * (n - 1) // 2,
         "buckets_split": counters.get("interference_buckets_split", 0),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "facts_indexed": counters.get("interference_facts_indexed", 0),
+        "range_searched": counters.get("interference_range_searched", 0),
+        "peak_rss_gb": peak,  # the pipeline's own process: read, stage, write
     }
+
+
+def measure_stage_sampled(n: int, base: tuple[float, float], run: tuple, flat_pairs: set,
+                          flat_conflicts: set, args) -> dict:
+    """The index stage's ``run`` at a size without an exact truth: recall on the sampled rows' directed pairs
+    (faiss flat's, from ``measure_faiss``); the stage scores what it finds exactly, so neighbours
+    counted are pairs found."""
+    seconds, rows, counters, peak = run  # run_beam_apart's, of the index stage
+    assert len(rows) == n and len({k for k, _ in rows}) == n, "the stage lost or repeated keys"
+    out = {int(k): v for k, v in rows}
+    del rows
+    sampled = query_rows(n, args.faiss_queries, args.seed)
+    truth = np.bincount(np.array([a for a, _ in flat_pairs], dtype=np.int64), minlength=n)
+    found = sum(min(out[a]["neighbors"], int(truth[a])) for a in sampled.tolist())
+    conflicts = {(a, int(f[1:])) for a in sampled.tolist() for f in out[a]["conflicts_with"]}
+    return {"n": n, "stage": "index", "config": index_config(args), "lsh_s": seconds[0] - base[0],
+            "lsh_cpu_s": seconds[1] - base[1], "lsh_pipeline_s": seconds[0], "read_write_only_s": base[0],
+            "recall_sampled_queries": args.faiss_queries, "pairs_ge_neighbor": len(flat_pairs),
+            "recall_neighbor": found / max(1, len(flat_pairs)),
+            "conflict_pairs": len(flat_conflicts),
+            "recall_conflict": len(conflicts & flat_conflicts) / max(1, len(flat_conflicts)),
+            "facts_indexed": counters.get("interference_facts_indexed", 0),
+            "range_searched": counters.get("interference_range_searched", 0), "peak_rss_gb": peak}
 
 
 def query_rows(n: int, queries: int, seed: int) -> np.ndarray:
@@ -324,11 +380,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--faiss", nargs="*", default=["flat", "ivf"], choices=["flat", "ivf"],
                     help="faiss arms beside the LSH stage (none: --faiss with no value)")
     ap.add_argument("--nlist", type=int, default=0, help="IVF cells (0: 4·sqrt(n))")
-    ap.add_argument("--nprobe", type=int, default=16, help="IVF cells probed per query")
+    ap.add_argument("--nprobe", type=int, default=8, help="IVF cells probed per query (the IVF arm and the index stage)")
     ap.add_argument("--sampled-sizes", type=int, nargs="*", default=[],
                     help="sizes measured without the LSH stage or the numpy pass: faiss IVF against faiss "
                          "flat on --faiss-queries sampled rows (exact all-pairs is out of reach there)")
     ap.add_argument("--faiss-queries", type=int, default=20_000, help="sampled rows for --sampled-sizes")
+    ap.add_argument("--stages", nargs="*", default=["lsh", "index"], choices=["lsh", "index"],
+                    help="pipeline stages measured: the LSH stage (at --sizes only, per --configs) and the "
+                         "faiss index stage (ScoreInterferenceIndex, also at --sampled-sizes)")
+    ap.add_argument("--exact-max", type=int, default=50_000, help="index stage: exact search up to this n")
+    ap.add_argument("--cell-size", type=int, default=128, help="index stage: facts per IVF cell")
     args = ap.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
 
@@ -339,11 +400,12 @@ def main(argv=None) -> dict:
         emb, targets = build_facts(real, [r["target_new"] for r in records], n, args.near_dup, args.seed)
         path = Path(args.out) / f"facts_{n}.npy"
         np.save(path, emb)
-        base, _, _ = run_beam(path, targets, None)
+        base = run_beam_apart(path, targets, None)[0]
         exact = exact_truth(emb, targets, args)
-        for config in args.configs:
-            results.append(measure_lsh(path, targets, config, base, exact, args))
-            print(json.dumps(results[-1]), flush=True)
+        for stage, config in [("lsh", c) for c in args.configs] + [("index", "")]:
+            if stage in args.stages:
+                results.append(measure_stage(path, targets, stage, config, base, exact, args))
+                print(json.dumps(results[-1]), flush=True)
         for kind in args.faiss:
             faiss_results.append(measure_faiss(path, targets, exact, args, kind)[0])
             print(json.dumps(faiss_results[-1]), flush=True)
@@ -352,6 +414,9 @@ def main(argv=None) -> dict:
         path = Path(args.out) / f"facts_{n}.npy"
         np.save(path, emb)
         del emb
+        if "index" in args.stages:  # first: its rows wait for the truth below
+            base = run_beam_apart(path, targets, None)[0]
+            stage_run = (base, run_beam_apart(path, targets, stage_params("index", "", args), "index"))
         flat, flat_pairs, flat_conflicts = measure_faiss(path, targets, None, args, "flat")
         ivf, ivf_pairs, ivf_conflicts = measure_faiss(path, targets, None, args, "ivf", sampled=False)
         # The IVF pass searched every row (its cost at this size); recall over the sampled rows' pairs.
@@ -362,14 +427,28 @@ def main(argv=None) -> dict:
         flat["recall_neighbor"] = flat["recall_conflict"] = 1.0
         faiss_results += [flat, ivf]
         print(json.dumps(flat), json.dumps(ivf), flush=True)
+        if "index" in args.stages:
+            results.append(measure_stage_sampled(n, *stage_run, flat_pairs, flat_conflicts, args))
+            print(json.dumps(results[-1]), flush=True)
     report = {"settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
               "blas_threads": os.environ["OPENBLAS_NUM_THREADS"], "cpus": os.cpu_count(),
               "results": results, "faiss": faiss_results, "ratios": {}}
-    lo, hi = min(args.sizes, default=0), max(args.sizes, default=0)
-    for config in args.configs if args.sizes else []:
-        small, large = (next(r for r in results if r["config"] == config and r["n"] == m) for m in (lo, hi))
-        report["ratios"][config] = {k: large[k] / small[k] for k in ("lsh_s", "lsh_cpu_s", "exact_s")}
-    print(_table(results))
+    for config in dict.fromkeys(r["config"] for r in results):  # smallest against largest size
+        mine = sorted((r for r in results if r["config"] == config), key=lambda r: r["n"])
+        small, large = mine[0], mine[-1]
+        report["ratios"][config] = {"sizes": [small["n"], large["n"]],
+                                    **{k: large[k] / small[k] for k in ("lsh_s", "lsh_cpu_s", "exact_s")
+                                       if k in small and k in large}}
+    print(_table([r for r in results if "exact_s" in r]))
+    sampled_stage = [r for r in results if "exact_s" not in r]
+    if sampled_stage:
+        print("\n| facts | stage | stage s (CPU s) | peak RSS GB | pairs >= 0.9 (sampled rows) | recall >= 0.9 "
+              "| conflict pairs | recall conflicts |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in sampled_stage:
+            print(f"| {r['n']:,} | {r['config']} | {r['lsh_s']:.1f} ({r['lsh_cpu_s']:.1f}) | {r['peak_rss_gb']:.2f} "
+                  f"| {r['pairs_ge_neighbor']:,} | {r['recall_neighbor']:.2%} | {r['conflict_pairs']:,} "
+                  f"| {r['recall_conflict']:.2%} |")
     if faiss_results:
         print("\n| facts | arm | s (CPU s) | build s | peak RSS GB | pairs found | recall >= 0.9 | recall conflicts |")
         print("|---|---|---|---|---|---|---|---|")
@@ -380,24 +459,26 @@ def main(argv=None) -> dict:
             print(f"| {r['n']:,}{sampled} | {r['config']} | {r['s']:.1f} ({r['cpu_s']:.1f}) | {r['build_s']:.1f} "
                   f"| {r['peak_rss_gb']:.2f} | {r['pairs_found']:,} | {r['recall_neighbor']:.2%} "
                   f"| {r['recall_conflict']:.2%} |")
-    print(f"\ntime({hi:,}) / time({lo:,}):" if args.sizes else "")
+    print("\ngrowth, largest size / smallest:")
     for config, ratio in report["ratios"].items():
-        print(f"- {config}: LSH wall {ratio['lsh_s']:.1f}, LSH CPU {ratio['lsh_cpu_s']:.1f}, "
-              f"exact {ratio['exact_s']:.1f}")
+        lo, hi = ratio["sizes"]
+        exact = f", exact {ratio['exact_s']:.1f}" if "exact_s" in ratio else ""
+        print(f"- {config} ({hi:,} / {lo:,}): stage wall {ratio['lsh_s']:.1f}, stage CPU {ratio['lsh_cpu_s']:.1f}{exact}")
     name = f"interference{('-' + args.tag) if args.tag else ''}.json"
     (Path(args.out) / name).write_text(json.dumps(report, indent=2))
     return report
 
 
 def _table(results: list[dict]) -> str:
-    lines = ["| facts | bands,bits,max_bucket,payload | LSH stage s (CPU s) | exact s (CPU s) "
+    lines = ["| facts | stage | stage s (CPU s) | peak RSS GB | exact s (CPU s) "
              "| pairs scored / all | buckets split | pairs >= 0.9 | recall >= 0.9 | conflict pairs "
              "| recall conflicts | interference exact |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        scored = f"{r['pairs_scored'] / r['pairs_all']:.2%}" if r["stage"] == "lsh" else "(index)"
         lines.append(
-            f"| {r['n']:,} | {r['config']} | {r['lsh_s']:.1f} ({r['lsh_cpu_s']:.1f}) "
-            f"| {r['exact_s']:.1f} ({r['exact_cpu_s']:.1f}) | {r['pairs_scored'] / r['pairs_all']:.2%} "
+            f"| {r['n']:,} | {r['config']} | {r['lsh_s']:.1f} ({r['lsh_cpu_s']:.1f}) | {r['peak_rss_gb']:.2f} "
+            f"| {r['exact_s']:.1f} ({r['exact_cpu_s']:.1f}) | {scored} "
             f"| {r['buckets_split']} | {r['pairs_ge_neighbor']:,} | {r['recall_neighbor']:.2%} "
             f"| {r['conflict_pairs']:,} | {r['recall_conflict']:.2%} | {r['interference_exact']:.2%} |")
     return "\n".join(lines)

@@ -57,7 +57,7 @@ def build_scored(folder: Path, rows: int, seed: int = 0) -> float:
     import pyarrow.parquet as pq
 
     from schemas import SCORED_SCHEMA, Counts, Manifest
-    from schemas.manifest import QUANTILES, quantile_label
+    from schemas.manifest import HISTOGRAM_SCORES, QUANTILES, histogram, histogram_edges, quantile_label
 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -96,10 +96,17 @@ def build_scored(folder: Path, rows: int, seed: int = 0) -> float:
     # As the pipeline writes it: the stats take their quantiles and drift definition from here.
     quantiles = {name: {quantile_label(q): float(np.quantile(values, q)) for q in QUANTILES}
                  for name, values in (("drift", drift), ("interference", interference))}
+    # And the histograms, binned as the pipeline bins them (schemas.manifest.histogram_bin, vectorised).
+    histograms = {}
+    for name in HISTOGRAM_SCORES:
+        values = np.asarray(columns[name], dtype=np.float64)
+        lo, edges = float(values.min()), histogram_edges(float(values.min()), float(values.max()))
+        bins = np.minimum(np.searchsorted(np.asarray(edges), values, side="left"), len(edges) - 1)
+        histograms[name] = histogram(lo, edges, np.bincount(bins, minlength=len(edges)).tolist())
     Manifest(dataset_id="ds_bench", created_at=datetime.now(timezone.utc).isoformat(), beacon_version="bench",
              inputs=[], input_digest="0", format="jsonl",
              counts=Counts(input=rows, scored=rows, rejected=0, kept=counts["kept"], by_reason=counts),
-             quantiles=quantiles, config={"drift_definition": "expected"}, config_hash="0" * 16, models={},
+             quantiles=quantiles, histograms=histograms, config={"drift_definition": "expected"}, config_hash="0" * 16, models={},
              runner="bench").write(folder)
     return time.perf_counter() - started
 

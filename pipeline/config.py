@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from schemas.config_file import ConfigSection
 from schemas.scoring_spec import ScoringSpec
 
+InterferenceIndex = Literal["faiss", "lsh"]
 InputFormat = Literal["auto", "jsonl", "json", "parquet", "csv", "counterfact", "rome", "zsre"]
 Weighting = Literal["none", "drift", "inverse_drift"]
 ConflictAction = Literal["keep_first", "drop_all", "keep_all"]
@@ -23,6 +24,9 @@ ConflictAction = Literal["keep_first", "drop_all", "keep_all"]
 # Fields that change no score: they are left out of the hash so that, say, a bigger batch or another
 # runner reuses the same dataset identity.
 _NOT_HASHED = {"probe_batch_size", "embed_batch_size"}
+# The search knobs of the interference index not in use change no score either.
+_INDEX_KNOBS = {"faiss": ("faiss_exact_max", "faiss_cell_size", "faiss_nprobe"),
+                "lsh": ("lsh_bands", "lsh_bits", "lsh_max_bucket", "lsh_seed")}
 
 
 class CurateConfig(ConfigSection, ScoringSpec):
@@ -42,6 +46,15 @@ class CurateConfig(ConfigSection, ScoringSpec):
                                       description="Prompt cosine above which two facts are neighbours.")
     conflict_threshold: float = Field(0.95, ge=-1.0, le=1.0,
                                       description="Prompt cosine above which different targets conflict.")
+    interference_index: InterferenceIndex = Field(
+        "faiss", description="How prompt neighbours are found: faiss (one index on one worker; the "
+        "fastest on one machine) or lsh (LSH blocking spread over the runner's workers; for clusters).")
+    faiss_exact_max: int = Field(50_000, ge=0, le=100_000_000,
+                                 description="faiss: up to this many facts the search is exact, above "
+                                 "it an IVF index.")
+    faiss_cell_size: int = Field(128, gt=0, le=1_000_000, description="faiss IVF: facts per cell.")
+    faiss_nprobe: int = Field(8, gt=0, le=100_000,
+                              description="faiss IVF: cells searched per fact (more: higher recall).")
     lsh_bands: int = Field(16, gt=0, le=256, description="LSH bands (more: higher recall, more work).")
     lsh_bits: int = Field(10, gt=0, le=30, description="Hyperplane bits per band (more: smaller buckets).")
     lsh_max_bucket: int = Field(200, gt=1, le=1_000_000, description="Buckets above this size are split further.")
@@ -77,5 +90,6 @@ class CurateConfig(ConfigSection, ScoringSpec):
 
     def config_hash(self) -> str:
         """Hash of everything that changes a score or a decision."""
-        data = {k: v for k, v in self.model_dump(mode="json").items() if k not in _NOT_HASHED}
+        unused = {k for index, knobs in _INDEX_KNOBS.items() if index != self.interference_index for k in knobs}
+        data = {k: v for k, v in self.model_dump(mode="json").items() if k not in _NOT_HASHED | unused}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -29,7 +29,8 @@ from pipeline.quantiles import summary
 from pipeline.inputs import InputSpec
 from schemas import Counts, Manifest
 from scoring.risk import AT_RISK
-from schemas.manifest import MANIFEST_FILE, InputFile
+from schemas.manifest import (HISTOGRAM_SCORES, MANIFEST_FILE, HistogramBin, InputFile, histogram,
+                              histogram_bin, histogram_edges)
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,21 @@ def dataset_id(input_digest: str, config_hash: str) -> str:
     return "ds_" + hashlib.sha256(f"{input_digest}:{config_hash}".encode()).hexdigest()[:12]
 
 
+def histogram_edges_of(quantiles: list) -> dict[str, tuple[float, list[float]]]:
+    """score -> (min, upper bin edges), from the quantile points (whose first and last are the exact
+    min and max), for the scores the stats show."""
+    return {name: (points[0], histogram_edges(points[0], points[-1]))
+            for name, points in quantiles if name in HISTOGRAM_SCORES and points}
+
+
+def score_bins(row: dict, edges: dict[str, tuple[float, list[float]]]):
+    """((score, bin index), 1) for each histogram score of a scored row."""
+    for name, (_, upper) in edges.items():
+        yield (name, histogram_bin(upper, float(row[name]))), 1
+
+
 def build_manifest(identity: Identity, *, read: int, reasons: list, stages: list, quantiles: list,
-                   thresholds: list, at_risk: int = 0) -> Manifest:
+                   thresholds: list, at_risk: int = 0, bins: list | None = None) -> Manifest:
     """The manifest from the graph's counts; raises RuntimeError if a record was lost on the way."""
     from scoring.models import beacon_version, model_ref
 
@@ -82,6 +96,7 @@ def build_manifest(identity: Identity, *, read: int, reasons: list, stages: list
                       by_reason=by_reason, at_risk=at_risk),
         rejected_by_stage=rejected_by_stage,
         quantiles={name: summary(points) for name, points in sorted(quantiles) if points},
+        histograms=_histograms(quantiles, bins or []),
         thresholds={k: v for t in thresholds for k, v in t.items() if v is not None},
         config=config.model_dump(mode="json"),
         config_hash=config.config_hash(),
@@ -90,10 +105,16 @@ def build_manifest(identity: Identity, *, read: int, reasons: list, stages: list
     )
 
 
+def _histograms(quantiles: list, bins: list) -> dict[str, list[HistogramBin]]:
+    counts = dict(bins)
+    return {name: histogram(lo, upper, [int(counts.get((name, i), 0)) for i in range(len(upper))])
+            for name, (lo, upper) in sorted(histogram_edges_of(quantiles).items())}
+
+
 def _write(path: str, identity: Identity, read: int, reasons: list, stages: list, quantiles: list,
-           thresholds: list, at_risk: int) -> None:
+           thresholds: list, at_risk: int, bins: list) -> None:
     manifest = build_manifest(identity, read=read, reasons=reasons, stages=stages, quantiles=quantiles,
-                              thresholds=thresholds, at_risk=at_risk)
+                              thresholds=thresholds, at_risk=at_risk, bins=bins)
     with FileSystems.create(path) as f:
         f.write(manifest.model_dump_json(indent=2).encode())
 
@@ -116,6 +137,12 @@ class WriteManifest(beam.PTransform):
                   | "CountStages" >> count.PerElement())
         at_risk = (inputs["scored"] | "AtRisk" >> beam.Filter(lambda r: r["keep"] and r["risk"] >= AT_RISK)
                    | "CountAtRisk" >> count.Globally())
+        # The histograms the stats show, in the graph: bins from the quantiles' min and max.
+        edges = (inputs["quantiles"] | "HistogramEdges" >> beam.combiners.ToList()
+                 | "EdgesOf" >> beam.Map(histogram_edges_of))
+        bins = (inputs["scored"]
+                | "Bin" >> beam.FlatMap(score_bins, beam.pvalue.AsSingleton(edges))
+                | "CountBins" >> beam.CombinePerKey(sum))
         identity = self._identity
         return (
             read.pipeline
@@ -123,7 +150,8 @@ class WriteManifest(beam.PTransform):
             | "Write" >> beam.Map(
                 _write, identity, beam.pvalue.AsSingleton(read), beam.pvalue.AsList(reasons),
                 beam.pvalue.AsList(stages), beam.pvalue.AsList(inputs["quantiles"]),
-                beam.pvalue.AsList(inputs["thresholds"]), beam.pvalue.AsSingleton(at_risk)))
+                beam.pvalue.AsList(inputs["thresholds"]), beam.pvalue.AsSingleton(at_risk),
+                beam.pvalue.AsList(bins)))
 
 
 _PART = re.compile(r"part-(\d+)-of-(\d+)\.parquet")

@@ -27,6 +27,7 @@ from pipeline.drift import ScoreDrift
 from pipeline.embed import EmbedTexts
 from pipeline.fact_ids import CheckFactIds
 from pipeline.interference import ScoreInterference
+from pipeline.interference_index import ScoreInterferenceIndex
 from pipeline.manifest import (Identity, WriteManifest, commit, commit_remote, remote_leftovers,
                                remote_staging)
 from pipeline.policy import ApplyPolicy
@@ -67,6 +68,16 @@ def _merge(key: str, grouped: dict, config_hash: str) -> tuple[str, dict]:
     return key, fact
 
 
+def interference_stage(config: CurateConfig) -> beam.PTransform:
+    """The interference search ``config.interference_index`` names; both give the same fields."""
+    thresholds = dict(neighbor_threshold=config.neighbor_threshold, conflict_threshold=config.conflict_threshold)
+    if config.interference_index == "lsh":
+        return ScoreInterference(**thresholds, bands=config.lsh_bands, bits=config.lsh_bits,
+                                 max_bucket=config.lsh_max_bucket, seed=config.lsh_seed)
+    return ScoreInterferenceIndex(**thresholds, exact_max=config.faiss_exact_max,
+                                  cell_size=config.faiss_cell_size, nprobe=config.faiss_nprobe)
+
+
 def build(p: beam.Pipeline, specs: list[InputSpec], staging: str, config: CurateConfig, runner: str) -> None:
     """Adds the whole curation graph to ``p``, writing under ``staging``."""
     spec_index = {spec.path: spec.source_index for spec in specs}
@@ -85,10 +96,7 @@ def build(p: beam.Pipeline, specs: list[InputSpec], staging: str, config: Curate
         | "InterferenceInput" >> beam.MapTuple(lambda k, f: (k, {
             "embedding": f["emb_prompt"], "target_norm": normalize_text(f["target"]),
             "fact_id": f["fact_id"], "order": f["order"]}))
-        | "ScoreInterference" >> ScoreInterference(
-            neighbor_threshold=config.neighbor_threshold, conflict_threshold=config.conflict_threshold,
-            bands=config.lsh_bands, bits=config.lsh_bits, max_bucket=config.lsh_max_bucket,
-            seed=config.lsh_seed))
+        | "ScoreInterference" >> interference_stage(config))
     collisions = (
         drifted
         | "CollisionInput" >> beam.MapTuple(lambda k, f: (k, {
@@ -128,6 +136,20 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER
     return options
+
+
+# Runners whose workers are processes on this machine (the portable runner only with its embedded job
+# server): there one worker holding every embedding is what a user wants.
+_LOCAL_RUNNERS = {"DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+
+
+def _note_one_worker_stage(config: CurateConfig, options: PipelineOptions) -> None:
+    runner = str(options.view_as(StandardOptions).runner)
+    endpoint = options.get_all_options().get("job_endpoint")
+    local = runner.rsplit(".", 1)[-1] in _LOCAL_RUNNERS or (runner.endswith("PortableRunner") and endpoint == "embed")
+    if config.interference_index == "faiss" and not local:
+        log.warning("interference_index=faiss scores every fact's neighbours on one worker of %s (~8.6 GB at "
+                    "1M facts); to spread that stage over the workers pass --interference-index lsh", runner)
 
 
 def _inference_seconds(result, step: str) -> float:
@@ -181,6 +203,7 @@ def _curate(inputs: list[str], out_dir: str, config: CurateConfig, options: Pipe
         storage.check_location(path, "input")
     specs = check_inputs(inputs, config.format)
     runner = options.view_as(StandardOptions).runner
+    _note_one_worker_stage(config, options)
     if remote:
         staging: str | Path = remote_staging(out)
         _check_writable(staging, out)

@@ -44,6 +44,39 @@ def quantile_label(q: float) -> str:
     return f"q{q:g}"
 
 
+# The scores whose histograms the stats show, and how many equal-width bins over [min, max].
+HISTOGRAM_SCORES: tuple[str, ...] = ("drift", "interference", "risk")
+HISTOGRAM_BINS = 20
+
+
+def histogram_edges(lo: float, hi: float, bins: int = HISTOGRAM_BINS) -> list[float]:
+    """The upper edges of ``bins`` equal-width bins over [lo, hi]; one bin when lo == hi. A value
+    belongs to the first bin whose upper edge is >= it (``histogram_bin``; DuckDB's ``histogram``
+    with these boundaries counts the same way), so the pipeline and the service agree to the row."""
+    if not hi > lo:
+        return [hi]
+    return [lo + (hi - lo) * (i + 1) / bins for i in range(bins - 1)] + [hi]
+
+
+def histogram_bin(edges: list[float], value: float) -> int:
+    """The index of ``value``'s bin among ``edges`` (values beyond the last edge: the last bin)."""
+    import bisect
+
+    return min(bisect.bisect_left(edges, value), len(edges) - 1)
+
+
+class HistogramBin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    low: float
+    high: float
+    count: int
+
+
+def histogram(lo: float, edges: list[float], counts: list[int]) -> list[HistogramBin]:
+    """Bins from their upper ``edges`` and ``counts``, the first starting at ``lo``."""
+    return [HistogramBin(low=low, high=high, count=n) for low, high, n in zip([lo] + edges[:-1], edges, counts)]
+
+
 class InputFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str
@@ -85,6 +118,9 @@ class Manifest(BaseModel):
     rejected_by_stage: dict[str, int] = Field(default_factory=dict)
     quantiles: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="score -> {'q0.5': value, ...} over scored rows, at QUANTILES.")
+    histograms: dict[str, list[HistogramBin]] = Field(
+        default_factory=dict, description="score -> equal-width bins over [min, max] of the scored rows "
+        "(HISTOGRAM_SCORES, HISTOGRAM_BINS); empty in datasets written before it existed.")
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Absolute thresholds the policy applied (quantiles resolved).")
     config: dict[str, Any] = Field(description="The curate config, every key resolved.")

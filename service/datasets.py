@@ -29,12 +29,12 @@ from typing import Any
 
 from schemas import Manifest, ScoringSpec, storage
 from schemas.config_file import first_line
-from schemas.manifest import local_folder
+from schemas.manifest import histogram, histogram_edges, local_folder
 from service.jsonsafe import dumps
 
-HISTOGRAM_BINS = 20
 TOP_CONFLICTS = 20
-STATS_VERSION = 3  # v2: quantiles from the manifest, DuckDB's histogram, the drift definition named; v3: risk
+STATS_VERSION = 4  # v2: quantiles from the manifest, DuckDB's histogram, the drift definition named; v3: risk;
+# v4: histograms from the manifest, the pipeline's bins
 
 
 class DatasetUnreadable(ValueError):
@@ -224,13 +224,14 @@ def dataset_stats(layout: Layout, dataset: dict[str, Any], files: ScoredFiles, *
 def build_stats(files: ScoredFiles, manifest: Manifest | None, *, threads: int) -> dict[str, Any]:
     """What ``GET /datasets/{id}/stats`` and ``beacon stats`` answer (``DatasetStats``), uncached.
 
-    Quantiles are the manifest's (computed once, in the pipeline); the rest is DuckDB over the Parquet.
+    Quantiles and histograms are the manifest's (computed once, in the pipeline; DuckDB computes the
+    histograms of a dataset curated before they were); the rest is DuckDB over the Parquet.
 
     Raises:
         PathError: there are no scored files. DatasetUnreadable: a Parquet file cannot be read.
     """
     signature = files.signature()
-    stats = compute_stats(files, threads=threads)
+    stats = compute_stats(files, threads=threads, histograms=manifest.histograms if manifest else None)
     quantiles = manifest.quantiles if manifest else {}
     for score in ("drift", "interference", "risk"):
         if stats.get(score) is not None:
@@ -325,8 +326,9 @@ def _write_cached(layout: Layout, dataset: dict[str, Any], encoded: bytes) -> No
         pass  # a read-only dataset folder: the in-memory cache still serves
 
 
-def compute_stats(files: ScoredFiles, *, threads: int) -> dict[str, Any]:
-    """Stats of the scored Parquet files by DuckDB (no user SQL here, so no lock-down needed)."""
+def compute_stats(files: ScoredFiles, *, threads: int, histograms: dict | None = None) -> dict[str, Any]:
+    """Stats of the scored Parquet files by DuckDB (no user SQL here, so no lock-down needed);
+    ``histograms`` (the manifest's) are used as they are, the missing ones computed."""
     import duckdb
 
     con = duckdb.connect()
@@ -335,7 +337,8 @@ def compute_stats(files: ScoredFiles, *, threads: int) -> dict[str, Any]:
         if not files.scored:
             raise PathError("the dataset has no scored Parquet files")
         con.execute(f"CREATE VIEW scored AS SELECT * FROM read_parquet({sql_paths(files.scored)})")
-        return _stats(con, rejected=_count(con, files.rejected))
+        known = {name: [b.model_dump() for b in bins] for name, bins in (histograms or {}).items()}
+        return _stats(con, rejected=_count(con, files.rejected), known=known)
     except duckdb.Error as e:  # a damaged or foreign Parquet file: the dataset's problem, not the server's
         raise DatasetUnreadable(f"the dataset's Parquet files cannot be read: {first_line(e)}") from None
     finally:
@@ -353,7 +356,7 @@ def _count(con, paths: list[Path]) -> int:
     return con.execute("SELECT count(*) FROM read_parquet(?)", [[str(p) for p in paths]]).fetchone()[0]
 
 
-def _stats(con, *, rejected: int) -> dict[str, Any]:
+def _stats(con, *, rejected: int, known: dict[str, list[dict]]) -> dict[str, Any]:
     (rows, kept, d_lo, d_hi, d_mean, i_lo, i_hi, i_mean, conflicted) = con.execute(
         """
         SELECT count(*), count(*) FILTER (WHERE keep),
@@ -366,19 +369,19 @@ def _stats(con, *, rejected: int) -> dict[str, Any]:
     ).fetchall()}
     return {
         "rows": rows,
-        "risk": _risk(con),
+        "risk": _risk(con, known),
         "counts": {"scored": rows, "kept": kept, "rejected": rejected,
                    "by_reason": {r: v["n"] for r, v in by_reason.items()}, "with_conflicts": conflicted},
         "by_reason": by_reason,
         "drift": {"min": d_lo, "max": d_hi, "mean": d_mean,
-                  "histogram": _histogram(con, "drift", d_lo, d_hi)},
+                  "histogram": known.get("drift") or _histogram(con, "drift", d_lo, d_hi)},
         "interference": {"min": i_lo, "max": i_hi, "mean": i_mean,
-                         "histogram": _histogram(con, "interference", i_lo, i_hi)},
+                         "histogram": known.get("interference") or _histogram(con, "interference", i_lo, i_hi)},
         "top_conflicts": _top_conflicts(con) if conflicted else [],
     }
 
 
-def _risk(con) -> dict[str, Any] | None:
+def _risk(con, known: dict[str, list[dict]]) -> dict[str, Any] | None:
     """How many kept facts are at risk of not being learned (None: a dataset curated before ``risk``)."""
     from scoring.risk import AT_RISK
 
@@ -388,19 +391,17 @@ def _risk(con) -> dict[str, Any] | None:
         "SELECT min(risk), max(risk), avg(risk), count(*) FILTER (WHERE keep AND risk >= $cut) FROM scored",
         {"cut": AT_RISK}).fetchone()
     return {"threshold": AT_RISK, "at_risk": at_risk, "min": lo, "max": hi, "mean": mean,
-            "histogram": _histogram(con, "risk", lo, hi)}
+            "histogram": known.get("risk") or _histogram(con, "risk", lo, hi)}
 
 
 def _histogram(con, column: str, lo: float | None, hi: float | None) -> list[dict]:
-    """Equal-width bins of ``column`` over [min, max] by DuckDB's ``histogram`` (one bin if all equal)."""
+    """``schemas.manifest.histogram_edges`` bins of ``column`` over [min, max], counted by DuckDB's
+    ``histogram`` (the pipeline's way of counting them; for datasets whose manifest has none)."""
     if lo is None:
         return []
-    (counts,) = con.execute(
-        f"SELECT histogram({column}, equi_width_bins($lo::DOUBLE, $hi::DOUBLE, {HISTOGRAM_BINS}, false)) "
-        "FROM scored", {"lo": lo, "hi": hi}).fetchone()
-    uppers = sorted(counts)
-    lows = [lo] + uppers[:-1]
-    return [{"low": low, "high": high, "count": counts[high]} for low, high in zip(lows, uppers)]
+    edges = histogram_edges(lo, hi)
+    (counts,) = con.execute(f"SELECT histogram({column}, $edges::DOUBLE[]) FROM scored", {"edges": edges}).fetchone()
+    return [b.model_dump() for b in histogram(lo, edges, [int(counts.get(e, 0)) for e in edges])]
 
 
 def _top_conflicts(con) -> list[dict[str, Any]]:

@@ -98,6 +98,22 @@ def test_rerun_gives_the_same_scores(curated, tmp_path):
             assert other[col] == pytest.approx(row[col], abs=1e-5), (fact_id, col)
 
 
+def test_the_lsh_stage_gives_the_same_decisions_and_a_lower_bound_of_interference(curated, tmp_path):
+    # The default (faiss, exact at this size) against the LSH stage a cluster would use.
+    config = CurateConfig(probe_batch_size=4, interference_index="lsh")
+    manifest = curate([str(FIXTURE)], str(tmp_path / "lsh"), config)
+    assert manifest.config["interference_index"] == "lsh"
+    assert manifest.dataset_id != Manifest.read(curated).dataset_id  # other scores, another dataset
+    exact, lsh = _rows(curated), _rows(tmp_path / "lsh")
+    for fact_id, row in exact.items():
+        other = lsh[fact_id]
+        assert (other["reason"], other["neighbors"], other["conflicts_with"]) == \
+            (row["reason"], row["neighbors"], row["conflicts_with"]), fact_id
+        assert other["interference"] <= row["interference"] + 1e-5, fact_id  # LSH: bucket mates only
+        if row["interference"] >= config.neighbor_threshold:
+            assert other["interference"] == pytest.approx(row["interference"], abs=1e-5)
+
+
 def test_existing_output_is_refused_without_overwrite(curated):
     with pytest.raises(FileExistsError, match="--overwrite"):
         curate([str(FIXTURE)], str(curated), CurateConfig())
@@ -142,3 +158,17 @@ def test_an_object_store_output_without_a_filesystem_is_refused_not_written_to_a
     with pytest.raises(ValueError, match=re.escape(f"--out {url}: ") + ".*" + re.escape(says)):
         curate([str(FIXTURE)], url, CurateConfig())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_manifest_holds_the_histograms_duckdb_would_count(curated):
+    from schemas.manifest import HISTOGRAM_SCORES
+    from service.datasets import compute_stats, local_dataset
+
+    manifest = Manifest.read(curated)
+    fresh = compute_stats(local_dataset(curated).files, threads=1)  # no manifest: DuckDB counts the bins
+    assert set(manifest.histograms) == set(HISTOGRAM_SCORES)
+    for name in HISTOGRAM_SCORES:
+        bins = [b.model_dump() for b in manifest.histograms[name]]
+        assert sum(b["count"] for b in bins) == manifest.counts.scored
+        assert bins[0]["low"] == fresh[name]["min"] and bins[-1]["high"] == fresh[name]["max"]
+        assert bins == fresh[name]["histogram"], name

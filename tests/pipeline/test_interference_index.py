@@ -1,0 +1,172 @@
+"""ScoreInterferenceIndex (faiss): against exact all-pairs numpy on constructed embeddings."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that
+
+from pipeline.interference_index import ScoreInterferenceIndex, score_all, score_rows
+
+DIM = 384
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _at_cosine(rng, v: np.ndarray, c: float) -> np.ndarray:
+    u = rng.standard_normal(v.shape[0])
+    u -= (u @ v) * v
+    return _unit(c * v + np.sqrt(1 - c * c) * _unit(u))
+
+
+def _planted(n_random: int, n_pairs: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    emb = _unit(rng.standard_normal((n_random + 2 * n_pairs, DIM)))
+    for k, c in enumerate(np.linspace(0.905, 0.99, n_pairs)):  # off 0.9: float32 vs float64
+        emb[n_random + 2 * k + 1] = _at_cosine(rng, emb[n_random + 2 * k], c)
+    return emb
+
+
+def _brute_force(emb, targets, fact_ids, orders, neighbor_threshold=0.9, conflict_threshold=0.95):
+    """What an exact stage gives: every pair, from the full cosine matrix."""
+    cos = emb.astype(np.float64) @ emb.T.astype(np.float64)
+    np.fill_diagonal(cos, -np.inf)
+    out = []
+    for i in range(len(emb)):
+        differ = np.array([t != targets[i] for t in targets])
+        best = max(0.0, float(np.where(differ, cos[i], -np.inf).max()))
+        close = np.nonzero(cos[i] >= neighbor_threshold)[0]
+        conflicts = sorted(fact_ids[j] for j in close if differ[j] and cos[i, j] >= conflict_threshold)
+        out.append({"interference": best, "neighbors": len(close), "conflicts_with": conflicts,
+                    "conflict_with_earlier": any((orders[j], fact_ids[j]) < (orders[i], fact_ids[i])
+                                                 for j in close if fact_ids[j] in conflicts)})
+    return out
+
+
+def _ids(n: int) -> list[str]:
+    return [f"f{i:05d}" for i in range(n)]
+
+
+def _same(got: dict, want: dict) -> None:
+    assert got["interference"] == pytest.approx(want["interference"], abs=1e-5)
+    assert {k: got[k] for k in ("neighbors", "conflicts_with", "conflict_with_earlier")} == \
+        {k: want[k] for k in ("neighbors", "conflicts_with", "conflict_with_earlier")}
+
+
+def test_flat_index_equals_exact_all_pairs_including_crowded_prompts():
+    rng = np.random.default_rng(3)
+    emb = _planted(400, 40)
+    # 25 copies of one prompt (more than k): a range search must find them all.
+    emb[:25] = emb[0]
+    emb[25] = _at_cosine(rng, emb[0], 0.93)
+    emb[30] = emb[31]  # a conflict: same prompt, different targets
+    n = len(emb)
+    targets = ["paris"] * 25 + [f"t{i % 300}" for i in range(25, n)]
+    orders = list(range(n))[::-1]
+    got, work = score_all(emb, targets, _ids(n), orders, neighbor_threshold=0.9, conflict_threshold=0.95, k=8)
+    for g, w in zip(got, _brute_force(emb, targets, _ids(n), orders)):
+        _same(g, w)
+    assert got[0]["neighbors"] == 25 and got[0]["interference"] == pytest.approx(0.93, abs=1e-5)
+    assert work["range_searched"] >= 25
+    assert got[31]["conflicts_with"] == ["f00030"] and got[31]["conflict_with_earlier"] is False
+    assert got[30]["conflict_with_earlier"] is True  # orders run backwards: 31 comes first
+
+
+def test_interference_below_the_threshold_is_the_exact_best_other_target():
+    emb = _unit(np.random.default_rng(4).standard_normal((300, DIM)))
+    n = len(emb)
+    got, _ = score_all(emb, _ids(n), _ids(n), list(range(n)), neighbor_threshold=0.9, conflict_threshold=0.95)
+    want = _brute_force(emb, _ids(n), _ids(n), list(range(n)))
+    assert all(w["neighbors"] == 0 for w in want)  # random vectors: nothing near, all below 0.9
+    for g, w in zip(got, want):
+        _same(g, w)
+
+
+def test_ivf_index_finds_the_close_pairs_and_every_conflict():
+    emb = _planted(3000, 200, seed=5)
+    n = len(emb)
+    targets = _ids(n)
+    got, _ = score_all(emb, targets, _ids(n), list(range(n)), neighbor_threshold=0.9, conflict_threshold=0.95,
+                       exact_max=0, cell_size=50, nprobe=8)  # 68 cells, 8 probed
+    want = _brute_force(emb, targets, _ids(n), list(range(n)))
+    found = sum(g["neighbors"] for g in got) / 2
+    assert found / (sum(w["neighbors"] for w in want) / 2) >= 0.99
+    conflicts = {(i, c) for i, w in enumerate(want) for c in w["conflicts_with"]}
+    assert len(conflicts) > 100 and {(i, c) for i, g in enumerate(got) for c in g["conflicts_with"]} == conflicts
+    # What it finds is scored exactly: no pair above the threshold that is not one.
+    for g, w in zip(got, want):
+        assert g["neighbors"] <= w["neighbors"]
+        assert g["interference"] <= w["interference"] + 1e-5
+
+
+def test_ivf_scores_do_not_depend_on_arrival_order():
+    emb = _planted(1500, 50, seed=6)
+    n = len(emb)
+    facts = [(f"k{i:05d}", {"embedding": emb[i], "target_norm": f"t{i % 700}", "fact_id": f"f{i}", "order": i})
+             for i in range(n)]
+    params = dict(neighbor_threshold=0.9, conflict_threshold=0.95, exact_max=0, cell_size=40, nprobe=4)
+    a = score_rows(facts, **params)
+    b = score_rows(list(reversed(facts)), **params)
+    assert a == b
+
+
+def test_beam_transform_gives_one_output_per_key_equal_to_the_function():
+    emb = _planted(300, 40, seed=8)
+    emb[10] = emb[11]
+    n = len(emb)
+    facts = [(f"k{i}", {"embedding": emb[i], "target_norm": f"t{i % 350}", "fact_id": f"f{i}",
+                        "order": n - i}) for i in range(n)]
+    expected = score_rows(facts, neighbor_threshold=0.9, conflict_threshold=0.95)
+
+    def check(actual):
+        assert sorted(k for k, _ in actual) == sorted(expected)  # one each, none missing
+        for key, got in actual:
+            assert got == expected[key]
+        assert dict(actual)["k10"]["conflicts_with"] == ["f11"] and dict(actual)["k10"]["conflict_with_earlier"]
+
+    p = BeamTestPipeline()
+    assert_that(p | beam.Create(facts) | ScoreInterferenceIndex(), check)
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in
+                result.metrics().query(MetricsFilter().with_namespace("beacon"))["counters"]}
+    assert counters["interference_facts_indexed"] == n
+
+
+def test_a_single_fact_has_no_interference():
+    got, _ = score_all(_unit(np.ones((1, DIM))), ["a"], ["f0"], [0], neighbor_threshold=0.9,
+                       conflict_threshold=0.95)
+    assert got == [{"interference": 0.0, "neighbors": 0, "conflicts_with": [], "conflict_with_earlier": False}]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"neighbor_threshold": 0.96, "conflict_threshold": 0.95},
+    {"k": 0},
+    {"cell_size": 0},
+    {"nprobe": 0},
+])
+def test_impossible_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        ScoreInterferenceIndex(**kwargs)
+
+
+@pytest.mark.parametrize("args, warned", [
+    ([], False),
+    (["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"], False),
+    (["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"], False),
+    (["--runner=PortableRunner", "--job_endpoint=flink:8099"], True),
+    (["--runner=DataflowRunner"], True),
+])
+def test_a_cluster_runner_with_the_one_worker_index_gets_a_warning(args, warned, caplog):
+    from pipeline.config import CurateConfig
+    from pipeline.run import _note_one_worker_stage, pipeline_options
+
+    with caplog.at_level("WARNING", logger="pipeline.run"):
+        _note_one_worker_stage(CurateConfig(), pipeline_options(args))
+        _note_one_worker_stage(CurateConfig(interference_index="lsh"), pipeline_options(args))
+    assert [("--interference-index lsh" in r.getMessage()) for r in caplog.records] == ([True] if warned else [])
