@@ -52,10 +52,13 @@ Block = tuple[list[str], bytes, list[str], list[str], list[int]]
 
 
 def build_index(emb: np.ndarray, *, exact_max: int, cell_size: int, nprobe: int, seed: int):
-    """The faiss index over ``emb`` (n, d) float32: flat (exact) up to ``exact_max`` rows, else IVF."""
+    """The faiss index over ``emb`` (n, d) float32: flat (exact) up to ``exact_max`` rows, else IVF;
+    None for fewer than two rows (nothing to search)."""
     import faiss
 
     n, dim = emb.shape
+    if n < 2:
+        return None
     if n <= exact_max:
         index = faiss.IndexFlatIP(dim)
     else:
@@ -86,7 +89,7 @@ def score_all(emb: np.ndarray, targets: list[str], fact_ids: list[str], orders: 
     ``targets`` are normalised; ``fact_ids`` and ``orders`` are the rows'. Returns the per-row scores
     (``finalize``'s dict) and counts of the work done.
     """
-    index = build_index(emb, exact_max=exact_max, cell_size=cell_size, nprobe=nprobe, seed=seed) if len(emb) > 1 else None
+    index = build_index(emb, exact_max=exact_max, cell_size=cell_size, nprobe=nprobe, seed=seed)
     return score_index(index, len(emb), targets, fact_ids, orders, neighbor_threshold=neighbor_threshold,
                        conflict_threshold=conflict_threshold, k=k, progress=progress)
 
@@ -191,8 +194,9 @@ class _ScoreAll(beam.DoFn):
     come back out of the index (``score_index``). Peak: the runner's copy, the matrix and the index.
     """
 
-    def __init__(self, **params):
-        self._params = params
+    def __init__(self, *, exact_max: int, cell_size: int, nprobe: int, seed: int, **score):
+        self._build = dict(exact_max=exact_max, cell_size=cell_size, nprobe=nprobe, seed=seed)
+        self._score = score  # thresholds and k
         self._facts = Metrics.counter(METRICS_NS, "interference_facts_indexed")
         self._ranged = Metrics.counter(METRICS_NS, "interference_range_searched")
 
@@ -215,12 +219,10 @@ class _ScoreAll(beam.DoFn):
         if not n:
             return
         log.info("interference: indexing %d facts", n)
-        params = dict(self._params)
-        build = {name: params.pop(name) for name in ("exact_max", "cell_size", "nprobe", "seed")}
-        index = build_index(emb, **build) if n > 1 else None
+        index = build_index(emb, **self._build)
         del emb  # the index holds the vectors now
         scores, work = score_index(index, n, targets, fact_ids, orders, progress=Progress("interference"),
-                                   **params)
+                                   **self._score)
         self._facts.inc(n)
         self._ranged.inc(work["range_searched"])
         yield from zip(keys, scores)

@@ -8,6 +8,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from embedding_fixtures import DIM, at_cosine, planted, unit
 
 from pipeline import interference
 from pipeline.interference import (
@@ -20,7 +21,6 @@ from pipeline.interference import (
     split_hyperplanes,
 )
 
-DIM = 384
 
 
 def find_interference(embeddings, target_norms, fact_ids, orders, *, neighbor_threshold=0.9,
@@ -55,26 +55,6 @@ def _bucket(emb, **kw):
                         [f"t{i}" for i in range(n)], [f"f{i}" for i in range(n)], list(range(n)), **kw)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _at_cosine(rng, v: np.ndarray, c: float) -> np.ndarray:
-    """A unit vector at exactly cosine c to unit vector v."""
-    u = rng.standard_normal(v.shape[0])
-    u -= (u @ v) * v
-    return _unit(c * v + np.sqrt(1 - c * c) * _unit(u))
-
-
-def _planted(n_random: int, n_pairs: int, seed: int = 1):
-    """Random unit vectors plus planted pairs at cosines spread over 0.90-0.99, all targets distinct."""
-    rng = np.random.default_rng(seed)
-    emb = _unit(rng.standard_normal((n_random + 2 * n_pairs, DIM)))
-    for k, c in enumerate(np.linspace(0.90, 0.99, n_pairs)):
-        emb[n_random + 2 * k + 1] = _at_cosine(rng, emb[n_random + 2 * k], c)
-    return emb
-
-
 def _exact_pairs(emb: np.ndarray, threshold: float) -> set[tuple[int, int]]:
     cos = emb @ emb.T
     i, j = np.nonzero(np.triu(cos >= threshold, k=1))
@@ -90,7 +70,7 @@ def test_hyperplanes_are_seeded_and_signatures_follow_the_sides():
     assert planes.shape == (16, 8, DIM)
     assert np.array_equal(planes, hyperplanes(DIM, 16, 8, seed=3))
     assert not np.array_equal(planes, hyperplanes(DIM, 16, 8, seed=4))
-    v = _unit(np.random.default_rng(0).standard_normal((1, DIM)))
+    v = unit(np.random.default_rng(0).standard_normal((1, DIM)))
     keys = band_keys(np.vstack([v, v, -v]), planes)
     assert keys.shape == (3, 16)
     assert np.array_equal(keys[0], keys[1])
@@ -100,7 +80,7 @@ def test_hyperplanes_are_seeded_and_signatures_follow_the_sides():
 # The config defaults, and the finer buckets the 100k benchmark favours.
 @pytest.mark.parametrize("bits, max_bucket", [(8, 2000), (10, 200)])
 def test_lsh_finds_95_percent_of_close_pairs(bits, max_bucket):
-    emb = _planted(2000, 300)
+    emb = planted(2000, 300)
     n = len(emb)
     exact = _exact_pairs(emb, 0.9)
     assert len(exact) >= 300  # the planted pairs, at least
@@ -119,7 +99,7 @@ def test_lsh_finds_95_percent_of_close_pairs(bits, max_bucket):
 
 def test_conflict_is_reported_on_both_and_only_the_later_is_flagged():
     rng = np.random.default_rng(2)
-    emb = _unit(rng.standard_normal((50, DIM)))
+    emb = unit(rng.standard_normal((50, DIM)))
     emb[7] = emb[3]  # the same prompt twice...
     targets = [f"t{i}" for i in range(50)]  # ...with different answers
     orders = list(range(50))
@@ -135,9 +115,9 @@ def test_conflict_is_reported_on_both_and_only_the_later_is_flagged():
 
 def test_same_target_is_a_neighbour_but_never_a_conflict_nor_interference():
     rng = np.random.default_rng(4)
-    emb = _unit(rng.standard_normal((40, DIM)))
+    emb = unit(rng.standard_normal((40, DIM)))
     emb[1] = emb[0]
-    emb[2] = _at_cosine(rng, emb[0], 0.93)
+    emb[2] = at_cosine(rng, emb[0], 0.93)
     targets = ["paris"] * 2 + [f"t{i}" for i in range(2, 40)]
     res = find_interference(emb, targets, _ids(40), list(range(40)))
     assert res[0]["neighbors"] == 2  # fact 1 (same target) and fact 2
@@ -149,7 +129,7 @@ def test_same_target_is_a_neighbour_but_never_a_conflict_nor_interference():
 
 def test_oversized_bucket_is_split_and_keeps_its_duplicates():
     rng = np.random.default_rng(5)
-    emb = _unit(rng.standard_normal((400, DIM)))
+    emb = unit(rng.standard_normal((400, DIM)))
     emb[1::2] = emb[0::2]  # 200 duplicate pairs: no split hyperplane can separate them
     planes = split_hyperplanes(DIM, bands=1, seed=0)[0]
     scores = _bucket(emb, neighbor_threshold=0.9, max_bucket=50, split_planes=planes)
@@ -164,7 +144,7 @@ def test_oversized_bucket_is_split_and_keeps_its_duplicates():
 
 
 def test_unsplittable_bucket_is_scored_whole_at_the_depth_limit():
-    v = _unit(np.random.default_rng(6).standard_normal(DIM))
+    v = unit(np.random.default_rng(6).standard_normal(DIM))
     planes = split_hyperplanes(DIM, bands=1, seed=0)[0]
     scores = _bucket(np.stack([v] * 30), neighbor_threshold=0.9, max_bucket=5, split_planes=planes)
     assert scores.pairs_scored == 30 * 29 // 2
@@ -173,7 +153,7 @@ def test_unsplittable_bucket_is_scored_whole_at_the_depth_limit():
 
 def test_recall_holds_when_every_bucket_must_be_split():
     # One bit per band makes buckets of ~1,150; max_bucket=100 forces ~4 split levels in each.
-    emb = _planted(2000, 150, seed=7)
+    emb = planted(2000, 150, seed=7)
     n = len(emb)
     exact = _exact_pairs(emb, 0.9)
     res = find_interference(emb, _ids(n), _ids(n), list(range(n)), bands=16, bits=1, max_bucket=100)
@@ -197,7 +177,7 @@ def test_partials_merge_once_per_pair_whatever_the_grouping():
 def test_beam_transform_matches_the_pure_function_with_one_output_per_key(flush_keys, monkeypatch):
     # flush_keys=7: partials leave the scoring worker mid-bundle, several per fact, and must merge.
     monkeypatch.setattr(interference, "_FLUSH_KEYS", flush_keys)
-    emb = _planted(300, 40, seed=8)
+    emb = planted(300, 40, seed=8)
     emb[10] = emb[11]  # a conflict: same prompt, different targets
     n = len(emb)
     targets = [f"t{i % 350}" for i in range(n)]
@@ -233,7 +213,7 @@ def test_beam_transform_matches_the_pure_function_with_one_output_per_key(flush_
 
 def test_beam_transform_outputs_zeros_for_facts_without_candidates():
     # One shared target and no close pairs: no bucket has anything to report for anyone.
-    emb = _unit(np.random.default_rng(9).standard_normal((30, DIM)))
+    emb = unit(np.random.default_rng(9).standard_normal((30, DIM)))
     facts = [(f"k{i}", {"embedding": emb[i], "target_norm": "same", "fact_id": f"f{i}", "order": i})
              for i in range(30)]
     zeros = {"interference": 0.0, "neighbors": 0, "conflicts_with": [], "conflict_with_earlier": False}

@@ -8,28 +8,13 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
+from embedding_fixtures import DIM, at_cosine, planted, unit
 
 from pipeline.interference_index import ScoreInterferenceIndex, score_all, score_rows
 
-DIM = 384
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _at_cosine(rng, v: np.ndarray, c: float) -> np.ndarray:
-    u = rng.standard_normal(v.shape[0])
-    u -= (u @ v) * v
-    return _unit(c * v + np.sqrt(1 - c * c) * _unit(u))
-
 
 def _planted(n_random: int, n_pairs: int, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    emb = _unit(rng.standard_normal((n_random + 2 * n_pairs, DIM)))
-    for k, c in enumerate(np.linspace(0.905, 0.99, n_pairs)):  # off 0.9: float32 vs float64
-        emb[n_random + 2 * k + 1] = _at_cosine(rng, emb[n_random + 2 * k], c)
-    return emb
+    return planted(n_random, n_pairs, seed, low=0.905)  # off 0.9: float32 against float64
 
 
 def _brute_force(emb, targets, fact_ids, orders, neighbor_threshold=0.9, conflict_threshold=0.95):
@@ -63,7 +48,7 @@ def test_flat_index_equals_exact_all_pairs_including_crowded_prompts():
     emb = _planted(400, 40)
     # 25 copies of one prompt (more than k): a range search must find them all.
     emb[:25] = emb[0]
-    emb[25] = _at_cosine(rng, emb[0], 0.93)
+    emb[25] = at_cosine(rng, emb[0], 0.93)
     emb[30] = emb[31]  # a conflict: same prompt, different targets
     n = len(emb)
     targets = ["paris"] * 25 + [f"t{i % 300}" for i in range(25, n)]
@@ -78,7 +63,7 @@ def test_flat_index_equals_exact_all_pairs_including_crowded_prompts():
 
 
 def test_interference_below_the_threshold_is_the_exact_best_other_target():
-    emb = _unit(np.random.default_rng(4).standard_normal((300, DIM)))
+    emb = unit(np.random.default_rng(4).standard_normal((300, DIM)))
     n = len(emb)
     got, _ = score_all(emb, _ids(n), _ids(n), list(range(n)), neighbor_threshold=0.9, conflict_threshold=0.95)
     want = _brute_force(emb, _ids(n), _ids(n), list(range(n)))
@@ -139,7 +124,7 @@ def test_beam_transform_gives_one_output_per_key_equal_to_the_function():
 
 
 def test_a_single_fact_has_no_interference():
-    got, _ = score_all(_unit(np.ones((1, DIM))), ["a"], ["f0"], [0], neighbor_threshold=0.9,
+    got, _ = score_all(unit(np.ones((1, DIM))), ["a"], ["f0"], [0], neighbor_threshold=0.9,
                        conflict_threshold=0.95)
     assert got == [{"interference": 0.0, "neighbors": 0, "conflicts_with": [], "conflict_with_earlier": False}]
 
