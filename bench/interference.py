@@ -1,7 +1,8 @@
 """Benchmark: the interference stage alone (LSH or the faiss index, in Beam) at 10k to 1M facts vs exact.
 
 Facts
-    Real: the prompts of CounterFact train + val (11,919 records, ``--data``), encoded once with the
+    Real: the prompts of CounterFact train + val (11,919 records; those of the files present,
+    ``--data``), encoded once with the
     bundled all-MiniLM-L6-v2 (CPU, normalize_embeddings=True); the embeddings are cached in
     ``--out`` as ``counterfact_prompts_minilm.npy`` (gitignored; the records are not copied).
     10k: the first 10,000 real prompts with their ``target_new``.
@@ -72,8 +73,12 @@ EXACT_BLOCK = 4096
 
 
 def load_records(data_dir: Path) -> list[dict]:
-    return [r for name in ("counterfact-train.json", "counterfact-val.json")
-            for r in json.loads((data_dir / name).read_text())]
+    """CounterFact train + val, whichever of the two ``data_dir`` holds (the report says how many)."""
+    files = [data_dir / name for name in ("counterfact-train.json", "counterfact-val.json")
+             if (data_dir / name).exists()]
+    if not files:
+        raise SystemExit(f"no counterfact-train.json or counterfact-val.json in {data_dir}")
+    return [r for f in files for r in json.loads(f.read_text())]
 
 
 def real_embeddings(records: list[dict], out: Path) -> np.ndarray:
@@ -431,6 +436,7 @@ def main(argv=None) -> dict:
             results.append(measure_stage_sampled(n, *stage_run, flat_pairs, flat_conflicts, args))
             print(json.dumps(results[-1]), flush=True)
     report = {"settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
+              "real_records": len(records),
               "blas_threads": os.environ["OPENBLAS_NUM_THREADS"], "cpus": os.cpu_count(),
               "results": results, "faiss": faiss_results, "ratios": {}}
     for config in dict.fromkeys(r["config"] for r in results):  # smallest against largest size

@@ -130,15 +130,40 @@ def prepare(args: argparse.Namespace, out: Path) -> Path:
     from pipeline.run import curate
 
     sample = out / "facts.jsonl"
-    sample.write_bytes(b"".join(line + b"\n" for line in
-                                sample_lines(Path(args.data), args.n, args.sample_seed, args.format)))
     # The sample is JSON Lines whatever the input's container; a forced layout still applies.
     config = CurateConfig(model=args.model, format="jsonl" if args.format in ("json", "csv", "parquet")
                           else args.format)
+    lines = (override_lines(args, out, config) if args.override_pool else
+             sample_lines(Path(args.data), args.n, args.sample_seed, args.format))
+    sample.write_bytes(b"".join(line + b"\n" for line in lines))
     log.info("curating %d sampled facts with %s", args.n, args.model)
     manifest = curate([str(sample)], str(dataset), config)
     log.info("curated: %s", manifest.counts)
     return dataset
+
+
+def override_lines(args: argparse.Namespace, out: Path, config) -> list[bytes]:
+    """The override regime's sample: of ``--override-pool`` sampled records, curated once with
+    Beacon's defaults, the first ``n`` (in sample order) whose base-model answer already starts with
+    the record's ``ground_truth``, so the edit must replace a known answer rather than fill a gap."""
+    from pipeline.run import curate
+    from trainer.data import read_scored
+    from trainer.metrics import starts_with_target
+
+    pool = sample_lines(Path(args.data), args.override_pool, args.sample_seed, args.format)
+    (out / "pool.jsonl").write_bytes(b"".join(line + b"\n" for line in pool))
+    log.info("override regime: probing a pool of %d sampled records", len(pool))
+    curate([str(out / "pool.jsonl")], str(out / "pool"), config)
+    rows = read_scored(out / "pool", columns=["position", "prediction", "ground_truth"]).to_pylist()
+    known = sorted(r["position"] for r in rows
+                   if r["ground_truth"] and starts_with_target(r["prediction"] or "", r["ground_truth"]))
+    log.info("override regime: %d of %d pool records are answered with their ground truth", len(known), len(pool))
+    (out / "override_pool.json").write_text(json.dumps({"pool": len(pool), "scored": len(rows),
+                                                        "override": len(known)}))
+    if len(known) < args.n:
+        raise SystemExit(f"--override-pool {args.override_pool} holds only {len(known)} records the base model "
+                         f"answers with their ground truth; --n is {args.n}: give a larger pool or a smaller --n")
+    return [pool[i] for i in known[:args.n]]
 
 
 def arm_rows(arm: str, facts: list[dict]) -> list[dict]:
@@ -784,6 +809,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", default="auto", help="input layout for beacon curate (default: auto)")
     p.add_argument("--n", type=int, default=256, help="facts sampled from --data")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the fact sample")
+    p.add_argument("--override-pool", type=int, default=0, metavar="N",
+                   help="override regime: probe N sampled records, train on the first --n whose base-model "
+                        "answer is already their ground_truth (0: a plain sample)")
     p.add_argument("--budgets", default="40,80,120,160", help="optimizer steps at which to evaluate")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm (0..seeds-1)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}; adaptive+locality@W sets locality_weight W")

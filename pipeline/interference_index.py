@@ -10,8 +10,10 @@ input and asks faiss:
 - up to ``exact_max`` facts: ``IndexFlatIP``, exact inner products (BLAS);
 - above: ``IndexIVFFlat`` with cells of about ``cell_size`` facts (k-means, trained on a seeded sample
   of at most ``TRAIN_MAX`` rows, in one thread so the cells do not depend on the thread count), of
-  which ``nprobe`` are searched per query. Constant-size cells keep the scan per fact constant; what
-  grows faster than n is routing each fact to its cells (n × cells inner products, BLAS).
+  which ``nprobe`` are searched per fact. Each fact is routed once (its ``nprobe`` nearest cells; it
+  lives in the first), and the search runs cell by cell: the facts that probe a cell against the
+  cell's members, one BLAS product each (``_knn_by_cell``), instead of faiss's fact-by-fact scan,
+  which reads each cell's vectors again for every fact that probes it.
 
 Each fact's ``k`` nearest other facts give its ``interference`` (the best cosine to a different target
 among them, floored at 0: for the flat index exact whenever the closest other-target fact is among the
@@ -20,16 +22,16 @@ k-th nearest is still above the threshold may have more: those facts alone get a
 ``neighbors`` and ``conflicts_with`` are complete (for the IVF index, within the cells probed). The
 scores have exactly the contract of ``pipeline.interference``'s ``finalize``, which this stage reuses.
 
-Memory on the worker: the runner's copy of the packed blocks (side input, ~1.5 KB a fact), the embedding matrix and the index (each
-~1.5 KB a fact at 384 dimensions); 8.6 GB peak for the whole pipeline process at 1M facts
-(BENCHMARKS.md). On a cluster that is one worker's job: there
-the LSH stage (``interference_index: lsh``) spreads the work.
+Memory on the worker: the runner's copy of the packed blocks (side input, ~1.5 KB a fact at 384
+dimensions), the index (as much again) and one chunk of ``ADD_BLOCK`` rows being added; the facts are
+never copied into one matrix. BENCHMARKS.md has the whole pipeline process's peak at 1M facts. On a
+cluster that is one worker's job: there the LSH stage (``interference_index: lsh``) spreads the work.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -46,38 +48,69 @@ log = logging.getLogger(__name__)
 # members are scored exactly), so a sample this size serves 1M facts' ~7,800 cells.
 TRAIN_MAX = 50_000
 SEARCH_BLOCK = 16_384  # query rows per faiss call: bounds the result arrays, paces progress lines
+ADD_BLOCK = 131_072  # rows added to the index at a time: bounds the copy the worker gathers them into
 
 # A block of facts: (keys, their float32 embeddings' bytes, normalised targets, fact_ids, orders).
 Block = tuple[list[str], bytes, list[str], list[str], list[int]]
 
 
-def build_index(emb: np.ndarray, *, exact_max: int, cell_size: int, nprobe: int, seed: int):
-    """The faiss index over ``emb`` (n, d) float32: flat (exact) up to ``exact_max`` rows, else IVF;
-    None for fewer than two rows (nothing to search)."""
-    import faiss
+class FactIndex(NamedTuple):
+    """The faiss index over n facts (row i is fact i) and, for IVF, the ``nprobe`` cells each fact is
+    searched in, nearest first (its own cell is the first): computed once, when the fact is added."""
 
+    index: object
+    cells: np.ndarray | None  # (n, nprobe) int32, IVF only
+
+
+def build_index(emb: np.ndarray, *, exact_max: int, cell_size: int, nprobe: int, seed: int) -> FactIndex | None:
+    """The index over ``emb`` (n, d) float32 (``build_from`` over the matrix's rows)."""
     n, dim = emb.shape
+    return build_from(lambda: (emb[r:r + ADD_BLOCK] for r in range(0, n, ADD_BLOCK)), lambda rows: emb[rows],
+                      n, dim, exact_max=exact_max, cell_size=cell_size, nprobe=nprobe, seed=seed)
+
+
+def build_from(chunks: Callable[[], Iterable[np.ndarray]], rows: Callable[[np.ndarray], np.ndarray], n: int,
+               dim: int, *, exact_max: int, cell_size: int, nprobe: int, seed: int) -> FactIndex | None:
+    """The index over n facts of ``dim`` float32 dimensions, None for fewer than two (nothing to search):
+    flat (exact) up to ``exact_max`` facts, else IVF.
+
+    ``chunks()`` yields the facts' embeddings in row order, a chunk at a time, so no caller needs a
+    second copy of them all; ``rows(sorted row numbers)`` gives some of them (the k-means sample).
+    """
+    import faiss
+    from faiss.contrib.ivf_tools import add_preassigned
+
     if n < 2:
         return None
     if n <= exact_max:
         index = faiss.IndexFlatIP(dim)
-    else:
-        nlist = max(1, n // cell_size)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(np.random.default_rng(seed).choice(n, min(n, TRAIN_MAX), replace=False))
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # k-means sums in a fixed order: the same cells on any machine
-        try:
-            index.cp.seed = seed
-            index.cp.min_points_per_centroid = 1  # few rows per cell is the design (TRAIN_MAX): no warning
-            index.train(emb[sample])
-        finally:
-            faiss.omp_set_num_threads(threads)
-        index.nprobe = min(nprobe, nlist)
-    index.add(emb)
-    if isinstance(index, faiss.IndexIVF):
-        index.make_direct_map()  # reconstruct_n: the queries come from the index's own copy
-    return index
+        for chunk in chunks():
+            index.add(chunk)
+        return FactIndex(index, None)
+    nlist = max(1, n // cell_size)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, TRAIN_MAX), replace=False))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # k-means sums in a fixed order: the same cells on any machine
+    try:
+        index.cp.seed = seed
+        index.cp.min_points_per_centroid = 1  # few rows per cell is the design (TRAIN_MAX): no warning
+        index.train(rows(sample))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    index.nprobe = min(nprobe, nlist)
+    # Route each fact once: its nprobe nearest cells are where it is searched, the first is where it lives.
+    cells = np.empty((n, index.nprobe), dtype=np.int32)
+    at = 0
+    for chunk in chunks():
+        _, nearest = index.quantizer.search(chunk, index.nprobe)
+        add_preassigned(index, chunk, np.ascontiguousarray(nearest[:, 0]))
+        cells[at:at + len(chunk)] = nearest
+        at += len(chunk)
+    if at != n:
+        raise ValueError(f"build_from: chunks held {at} rows, expected {n}")
+    index.make_direct_map()  # reconstruct: the queries come from the index's own copy
+    return FactIndex(index, cells)
 
 
 def score_all(emb: np.ndarray, targets: list[str], fact_ids: list[str], orders: list[int], *,
@@ -94,21 +127,27 @@ def score_all(emb: np.ndarray, targets: list[str], fact_ids: list[str], orders: 
                        conflict_threshold=conflict_threshold, k=k, progress=progress)
 
 
-def score_index(index, n: int, targets: list[str], fact_ids: list[str], orders: list[int], *,
+def score_index(built: FactIndex | None, n: int, targets: list[str], fact_ids: list[str], orders: list[int], *,
                 neighbor_threshold: float, conflict_threshold: float, k: int = 16,
                 progress: Progress | None = None) -> tuple[list[dict], dict[str, int]]:
     """``score_all`` over an index built from the n rows (``build_index``): the queries are the index's
-    own vectors (``reconstruct_n``), so the caller need not keep a second copy of them."""
+    own vectors, so the caller need not keep a second copy of them."""
     if n < 2:
         return [finalize((0.0, {}), conflict_threshold) for _ in range(n)], {"range_searched": 0}
+    index = built.index
     codes = _codes(targets)
     kk = min(n, k + 1)  # +1: a fact finds itself
+    nearest = _knn_by_cell(built, n, kk, progress) if built.cells is not None else None
     results: list[dict] = []
     range_searched = 0
     for r0 in range(0, n, SEARCH_BLOCK):
         rows = np.arange(r0, min(n, r0 + SEARCH_BLOCK))
-        queries = index.reconstruct_n(r0, len(rows))
-        cos, ids = index.search(queries, kk)
+        if nearest is None:
+            cos, ids = index.search(index.reconstruct_n(r0, len(rows)), kk)
+            if progress is not None:
+                progress.add(len(rows))
+        else:
+            cos, ids = nearest[0][rows], nearest[1][rows]
         cos, ids = _drop_self(cos, ids, rows)
         # Best cosine to another target among the k found (-1 pads faiss's misses), floored at 0.
         other = (ids >= 0) & (codes[np.maximum(ids, 0)] != codes[rows][:, None])
@@ -119,7 +158,7 @@ def score_index(index, n: int, targets: list[str], fact_ids: list[str], orders: 
         ranged: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if len(full):
             range_searched += len(full)
-            lims, rcos, rids = index.range_search(queries[full], neighbor_threshold)
+            lims, rcos, rids = index.range_search(index.reconstruct_batch(rows[full]), neighbor_threshold)
             for f, a, b in zip(full.tolist(), lims[:-1].tolist(), lims[1:].tolist()):
                 keep = rids[a:b] != rows[f]
                 ranged[f] = (rcos[a:b][keep], rids[a:b][keep])
@@ -137,9 +176,43 @@ def score_index(index, n: int, targets: list[str], fact_ids: list[str], orders: 
                     if codes[j] != codes[i]:
                         b = max(b, c)
             results.append(finalize((b, entries), conflict_threshold))
-        if progress is not None:
-            progress.add(len(rows))
     return results, {"range_searched": range_searched}
+
+
+def _knn_by_cell(built: FactIndex, n: int, kk: int, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every fact's kk nearest within its cells, cell by cell: the facts searched in a cell against the
+    cell's members as one BLAS product (``faiss.knn``), merged per fact in a ``ResultHeap``.
+
+    The same cells and so the same neighbours as ``index.search`` with the index's nprobe, but each
+    cell's members are read once for all the facts that probe it rather than once per fact: 36 CPU s
+    instead of ~290 s for 1M facts (BENCHMARKS.md). The idea is faiss's own ``contrib.big_batch_search``,
+    which wants every query in one matrix; here the queries come out of the index, a cell at a time.
+    """
+    import faiss
+    from faiss.contrib.inspect_tools import get_invlist
+
+    index = built.index
+    cells = np.ascontiguousarray(built.cells)  # sorted in place below: a copy, the caller keeps its own
+    nprobe = cells.shape[1]
+    limits = faiss.matrix_bucket_sort_inplace(cells, nbucket=index.nlist, nt=1)
+    queries = cells.ravel()  # now the fact numbers, grouped by the cell they probe
+    heap = faiss.ResultHeap(n, kk, keep_max=True)
+    visits = reported = 0
+    for cell in range(index.nlist):
+        a, b = int(limits[cell]), int(limits[cell + 1])
+        members, codes = get_invlist(index.invlists, cell)
+        if a == b or not len(members):
+            continue
+        facts = queries[a:b].astype(np.int64)
+        cos, near = faiss.knn(index.reconstruct_batch(facts), codes.view(np.float32).reshape(len(members), -1),
+                              min(kk, len(members)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result_subset(facts, cos, members[near])
+        visits += b - a
+        if progress is not None and visits // nprobe > reported:
+            progress.add(visits // nprobe - reported)
+            reported = visits // nprobe
+    heap.finalize()
+    return heap.D, heap.I
 
 
 def _codes(targets: list[str]) -> np.ndarray:
@@ -188,10 +261,12 @@ class _Pack(beam.DoFn):
 class _ScoreAll(beam.DoFn):
     """One element -> (key, scores) for every fact of the ``blocks`` side input.
 
-    The blocks are read twice from the side input (the runner keeps them; iterating does not copy
-    them all): once for the keys, once to fill one matrix in key order, so the index is the same
-    whatever order the blocks arrive in. The matrix goes into the index and is dropped; the queries
-    come back out of the index (``score_index``). Peak: the runner's copy, the matrix and the index.
+    The side input is iterated once: each iteration of a large one costs a decode and the state
+    cache's deep-size walk (~8 s at 1M facts, measured), so the blocks are held in a list while the
+    index is built, then dropped. The index holds the facts in key order, so it is the same whatever
+    order the blocks arrive in; they are never copied into one matrix: each ``ADD_BLOCK`` rows in key
+    order are gathered from the blocks and added. The queries come back out of the index
+    (``score_index``). Peak: the runner's copy of the blocks, their decoded list and the index.
     """
 
     def __init__(self, *, exact_max: int, cell_size: int, nprobe: int, seed: int, **score):
@@ -200,27 +275,41 @@ class _ScoreAll(beam.DoFn):
         self._facts = Metrics.counter(METRICS_NS, "interference_facts_indexed")
         self._ranged = Metrics.counter(METRICS_NS, "interference_range_searched")
 
-    def process(self, _, blocks):
+    def process(self, _, side_input):
+        blocks = list(side_input)
         keys = sorted(k for block in blocks for k in block[0])
         n = len(keys)
         rank = {k: i for i, k in enumerate(keys)}
         if len(rank) != n:
             raise ValueError("ScoreInterferenceIndex: keys must be unique")
-        targets, fact_ids, orders = [""] * n, [""] * n, [0] * n
-        emb = None
-        for block_keys, blob, block_targets, block_ids, block_orders in blocks:
-            at = np.fromiter((rank[k] for k in block_keys), np.int64, len(block_keys))
-            vectors = np.frombuffer(blob, dtype=np.float32).reshape(len(block_keys), -1)
-            if emb is None:
-                emb = np.empty((n, vectors.shape[1]), dtype=np.float32)
-            emb[at] = vectors
-            for i, t, f, o in zip(at.tolist(), block_targets, block_ids, block_orders):
-                targets[i], fact_ids[i], orders[i] = t, f, o
         if not n:
             return
+        targets, fact_ids, orders = [""] * n, [""] * n, [0] * n
+        where: list[np.ndarray] = []  # per block: the rank of each of its rows
+        dim = 0
+        for block_keys, blob, block_targets, block_ids, block_orders in blocks:
+            at = np.fromiter((rank[k] for k in block_keys), np.int64, len(block_keys))
+            where.append(at)
+            dim = len(blob) // 4 // len(block_keys)
+            for i, t, f, o in zip(at.tolist(), block_targets, block_ids, block_orders):
+                targets[i], fact_ids[i], orders[i] = t, f, o
+        del rank
+
+        def gather(wanted: np.ndarray) -> np.ndarray:
+            """The embeddings of the ranks ``wanted`` (sorted), in that order: one pass over the blocks."""
+            out = np.empty((len(wanted), dim), dtype=np.float32)
+            for at, block in zip(where, blocks):
+                pos = np.searchsorted(wanted, at)
+                hit = (pos < len(wanted)) & (wanted[np.minimum(pos, len(wanted) - 1)] == at)
+                if hit.any():
+                    vectors = np.frombuffer(block[1], dtype=np.float32).reshape(len(at), dim)
+                    out[pos[hit]] = vectors[hit]
+            return out
+
+        chunks = lambda: (gather(np.arange(r, min(n, r + ADD_BLOCK))) for r in range(0, n, ADD_BLOCK))  # noqa: E731
         log.info("interference: indexing %d facts", n)
-        index = build_index(emb, **self._build)
-        del emb  # the index holds the vectors now
+        index = build_from(chunks, gather, n, dim, **self._build)
+        blocks.clear()  # the index holds the vectors now
         scores, work = score_index(index, n, targets, fact_ids, orders, progress=Progress("interference"),
                                    **self._score)
         self._facts.inc(n)

@@ -46,6 +46,7 @@ class TrainResult:
     stopped_when_learned: bool = False  # stop_when_learned ended the run before its length
     replay_prompts: int | None = None
     replay_source: str | None = None
+    processes: int = 1  # training processes (torchrun / accelerate launch): each trains batch_size a step
 
 
 def run_record(config: TrainConfig, info: DatasetInfo) -> dict[str, Any]:
@@ -201,7 +202,8 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> 
         stopped_when_learned=bool(config.stop_when_learned and setup.schedule.confirmed()
                                   and trainer.state.global_step < trainer.state.max_steps),
         replay_prompts=len(setup.replay) if setup.replay is not None else None,
-        replay_source=setup.replay.source if setup.replay is not None else None)
+        replay_source=setup.replay.source if setup.replay is not None else None,
+        processes=trainer.args.world_size)
     if main:
         write_json(summary_path, asdict(result))
     log.info("trained %d steps; adapter in %s", result.global_step, adapter)

@@ -9,7 +9,8 @@ from trainer.config import TrainConfig
 
 EPILOG = """Rerun the same command after an interruption: training resumes from the last checkpoint
 (RUN/checkpoints/) to the same total step count. A different config is an error naming the keys.
-Several GPUs: accelerate launch -m service.cli train DATASET --out RUN"""
+Several GPUs: accelerate launch --multi_gpu -m service.cli train DATASET --out RUN
+Several CPU processes: python -m torch.distributed.run --nproc_per_node N -m service.cli train DATASET --out RUN"""
 
 # Config-file only: lists do not make good flags.
 SKIP = {"target_modules"}
@@ -40,7 +41,8 @@ def print_summary(result) -> None:
     resumed = f", resumed from {result.resumed_from}" if result.resumed_from else ""
     speed = f"  {result.steps_per_second:.2f} steps/s" if result.steps_per_second else ""
     loss = f"  final loss {result.final_loss:.3f}" if result.final_loss is not None else ""
-    print(f"\ntrained {result.facts} facts for {result.global_step}/{result.max_steps} steps{resumed}")
+    processes = f" on {result.processes} processes" if result.processes > 1 else ""
+    print(f"\ntrained {result.facts} facts for {result.global_step}/{result.max_steps} steps{processes}{resumed}")
     if result.stable is not None:
         ended = ("  stopped: every fact learned and stable" if result.stopped_when_learned
                  else "  (not every fact was stable when the steps ran out)"
