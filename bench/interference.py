@@ -155,16 +155,19 @@ def run_beam(emb_path: Path, targets: list[str], params: dict | None, stage: str
                                                   direct_running_mode="in_memory"))
         facts = (p | "Chunks" >> beam.Create([(s, min(n, s + 5000)) for s in range(0, n, 5000)])
                  | "Read" >> beam.ParDo(_ReadFacts(str(emb_path), targets)))
-        if params:
-            transform = ScoreInterference if stage == "lsh" else ScoreInterferenceIndex
-            scored = facts | "Score" >> transform(**params)
+        if params and stage == "lsh":
+            scored = facts | "Score" >> ScoreInterference(**params)
+        elif params:  # as `beacon curate` runs it on this machine: the blocks handed over through a folder
+            spill = Path(tmp, "spill")
+            spill.mkdir()
+            scored = facts | "Score" >> ScoreInterferenceIndex(**params, spill_dir=str(spill))
         else:
             scored = facts | "Slim" >> beam.Map(lambda kv: (kv[0], kv[1]["order"]))
         scored | "Write" >> beam.ParDo(_WritePickles(tmp))
         result = p.run()
         result.wait_until_finish()
         seconds = (time.perf_counter() - started, time.process_time() - cpu)
-        rows = [row for f in Path(tmp).glob("*.pkl") for row in pickle.loads(f.read_bytes())]
+        rows = [row for f in Path(tmp).glob("*.pkl") for row in pickle.loads(f.read_bytes())]  # not spill/
     counters = {c.key.metric.name: c.committed for c in
                 result.metrics().query(MetricsFilter().with_namespace(METRICS_NS))["counters"]}
     return seconds, rows, counters

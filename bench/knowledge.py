@@ -147,13 +147,17 @@ def override_lines(args: argparse.Namespace, out: Path, config) -> list[bytes]:
     Beacon's defaults, the first ``n`` (in sample order) whose base-model answer already starts with
     the record's ``ground_truth``, so the edit must replace a known answer rather than fill a gap."""
     from pipeline.run import curate
+    from schemas import Manifest
     from trainer.data import read_scored
     from trainer.metrics import starts_with_target
 
     pool = sample_lines(Path(args.data), args.override_pool, args.sample_seed, args.format)
     (out / "pool.jsonl").write_bytes(b"".join(line + b"\n" for line in pool))
-    log.info("override regime: probing a pool of %d sampled records", len(pool))
-    curate([str(out / "pool.jsonl")], str(out / "pool"), config)
+    if Manifest.exists_in(out / "pool"):
+        log.info("override regime: reusing the probed pool in %s", out / "pool")
+    else:
+        log.info("override regime: probing a pool of %d sampled records", len(pool))
+        curate([str(out / "pool.jsonl")], str(out / "pool"), config)
     rows = read_scored(out / "pool", columns=["position", "prediction", "ground_truth"]).to_pylist()
     known = sorted(r["position"] for r in rows
                    if r["ground_truth"] and starts_with_target(r["prediction"] or "", r["ground_truth"]))

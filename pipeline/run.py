@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -68,18 +69,22 @@ def _merge(key: str, grouped: dict, config_hash: str) -> tuple[str, dict]:
     return key, fact
 
 
-def interference_stage(config: CurateConfig) -> beam.PTransform:
-    """The interference search ``config.interference_index`` names; both give the same fields."""
+def interference_stage(config: CurateConfig, spill_dir: str | None = None) -> beam.PTransform:
+    """The interference search ``config.interference_index`` names; both give the same fields.
+    ``spill_dir``: where the faiss stage hands its packed embeddings to its one worker (a folder on
+    this machine, for runners whose workers run here), or None: through the runner."""
     thresholds = dict(neighbor_threshold=config.neighbor_threshold, conflict_threshold=config.conflict_threshold)
     if config.interference_index == "lsh":
         return ScoreInterference(**thresholds, bands=config.lsh_bands, bits=config.lsh_bits,
                                  max_bucket=config.lsh_max_bucket, seed=config.lsh_seed)
     return ScoreInterferenceIndex(**thresholds, exact_max=config.faiss_exact_max,
-                                  cell_size=config.faiss_cell_size, nprobe=config.faiss_nprobe)
+                                  cell_size=config.faiss_cell_size, nprobe=config.faiss_nprobe, spill_dir=spill_dir)
 
 
-def build(p: beam.Pipeline, specs: list[InputSpec], staging: str, config: CurateConfig, runner: str) -> None:
-    """Adds the whole curation graph to ``p``, writing under ``staging``."""
+def build(p: beam.Pipeline, specs: list[InputSpec], staging: str, config: CurateConfig, runner: str,
+          spill_dir: str | None = None) -> None:
+    """Adds the whole curation graph to ``p``, writing under ``staging`` (``spill_dir``: see
+    ``interference_stage``)."""
     spec_index = {spec.path: spec.source_index for spec in specs}
     read = p | "ReadFacts" >> ReadFacts(specs, config)
     keyed = read["facts"] | "KeyFacts" >> beam.Map(
@@ -96,7 +101,7 @@ def build(p: beam.Pipeline, specs: list[InputSpec], staging: str, config: Curate
         | "InterferenceInput" >> beam.MapTuple(lambda k, f: (k, {
             "embedding": f["emb_prompt"], "target_norm": normalize_text(f["target"]),
             "fact_id": f["fact_id"], "order": f["order"]}))
-        | "ScoreInterference" >> interference_stage(config))
+        | "ScoreInterference" >> interference_stage(config, spill_dir))
     collisions = (
         drifted
         | "CollisionInput" >> beam.MapTuple(lambda k, f: (k, {
@@ -143,13 +148,28 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
 _LOCAL_RUNNERS = {"DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 
 
-def _note_one_worker_stage(config: CurateConfig, options: PipelineOptions) -> None:
+def _local_runner(options: PipelineOptions) -> bool:
     runner = str(options.view_as(StandardOptions).runner)
     endpoint = options.get_all_options().get("job_endpoint")
-    local = runner.rsplit(".", 1)[-1] in _LOCAL_RUNNERS or (runner.endswith("PortableRunner") and endpoint == "embed")
-    if config.interference_index == "faiss" and not local:
+    return runner.rsplit(".", 1)[-1] in _LOCAL_RUNNERS or (runner.endswith("PortableRunner") and endpoint == "embed")
+
+
+def _note_one_worker_stage(config: CurateConfig, options: PipelineOptions) -> None:
+    runner = str(options.view_as(StandardOptions).runner)
+    if config.interference_index == "faiss" and not _local_runner(options):
         log.warning("interference_index=faiss scores every fact's neighbours on one worker of %s (~8.6 GB at "
                     "1M facts); to spread that stage over the workers pass --interference-index lsh", runner)
+
+
+def _spill_folder(config: CurateConfig, options: PipelineOptions, out: Path | None) -> str | None:
+    """A new folder where the faiss stage hands the embeddings to its worker (not through the runner:
+    ``interference_index._Pack``): beside a local ``out``, else in the system's temp folder; None
+    for the LSH stage and for runners whose workers may be elsewhere. The run removes it."""
+    if config.interference_index != "faiss" or not _local_runner(options):
+        return None
+    if out is None:
+        return tempfile.mkdtemp(prefix="beacon-interference-")
+    return tempfile.mkdtemp(prefix=f".{out.name}.interference-", dir=out.parent)
 
 
 def _inference_seconds(result, step: str) -> float:
@@ -210,11 +230,12 @@ def _curate(inputs: list[str], out_dir: str, config: CurateConfig, options: Pipe
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    spill = _spill_folder(config, options, None if remote else out)
     started = time.perf_counter()
     committed = False
     try:
         p = test_pipeline or beam.Pipeline(options=options)
-        build(p, specs, str(staging), config, runner)
+        build(p, specs, str(staging), config, runner, spill)
         log.info("curating %d file(s) into %s with %s", len(specs), out, runner)
         result = p.run()
         state = result.wait_until_finish()
@@ -227,6 +248,8 @@ def _curate(inputs: list[str], out_dir: str, config: CurateConfig, options: Pipe
         committed = True
         return manifest
     finally:
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
         if not remote:
             shutil.rmtree(staging, ignore_errors=True)
         elif not committed and not _committed_by_manifest(out, staging):

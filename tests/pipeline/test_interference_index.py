@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -157,6 +159,53 @@ def test_beam_transform_through_ivf_over_many_blocks_and_chunks(monkeypatch):
     p = BeamTestPipeline()
     assert_that(p | beam.Create(facts[::-1]) | ScoreInterferenceIndex(**params), check)
     p.run().wait_until_finish()
+
+
+def test_blocks_handed_over_through_a_spill_folder_give_the_same_scores_and_are_removed(monkeypatch, tmp_path):
+    monkeypatch.setattr(interference_index, "PACK_ROWS", 64)
+    emb = _planted(400, 40, seed=11)
+    n = len(emb)
+    facts = [(f"k{i:05d}", {"embedding": emb[i], "target_norm": f"t{i % 300}", "fact_id": f"f{i}", "order": i})
+             for i in range(n)]
+    expected = score_rows(facts, neighbor_threshold=0.9, conflict_threshold=0.95)
+    written = []
+    real_dump = interference_index.pickle.dump
+
+    def counting_dump(obj, f, **kwargs):
+        written.append(f.name)
+        return real_dump(obj, f, **kwargs)
+
+    monkeypatch.setattr(interference_index.pickle, "dump", counting_dump)
+
+    def check(actual):
+        assert dict(actual) == expected
+
+    p = BeamTestPipeline()
+    assert_that(p | beam.Create(facts) | ScoreInterferenceIndex(spill_dir=str(tmp_path)), check)
+    p.run().wait_until_finish()
+    assert len(written) >= n // 64 and all(Path(w).parent == tmp_path for w in written)
+    assert not list(tmp_path.iterdir())  # read and removed by the stage
+
+
+def test_a_spilled_block_that_is_gone_is_named():
+    with pytest.raises(RuntimeError, match="block-x.pkl is gone"):
+        interference_index._load_block("/nonexistent/block-x.pkl")
+
+
+@pytest.mark.parametrize(("index", "flags", "spills"), [
+    ("faiss", [], True),
+    ("faiss", ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"], True),
+    ("faiss", ["--runner=DataflowRunner"], False),
+    ("lsh", [], False),
+])
+def test_the_spill_folder_only_for_the_faiss_stage_on_runners_of_this_machine(tmp_path, index, flags, spills):
+    from pipeline.config import CurateConfig
+    from pipeline.run import _spill_folder, pipeline_options
+
+    folder = _spill_folder(CurateConfig(interference_index=index), pipeline_options(flags), tmp_path / "out")
+    assert (folder is not None) == spills
+    if spills:
+        assert Path(folder).parent == tmp_path and Path(folder).name.startswith(".out.interference-")
 
 
 def test_a_single_fact_has_no_interference():

@@ -30,6 +30,7 @@ def test_layout_on_disk_and_explicit_schemas(curated):
     assert pq.read_schema(next((curated / "scored").glob("*.parquet"))).remove_metadata() == SCORED_SCHEMA
     assert pq.read_schema(next((curated / "rejected").glob("*.parquet"))).remove_metadata() == REJECTED_SCHEMA
     assert not list(curated.parent.glob(".dataset.staging-*"))
+    assert not list(curated.parent.glob(".dataset.interference-*"))  # the faiss stage's spill folder
 
 
 def test_every_record_is_scored_or_rejected_and_the_manifest_says_so(curated):
