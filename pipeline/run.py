@@ -157,7 +157,7 @@ def _local_runner(options: PipelineOptions) -> bool:
 def _note_one_worker_stage(config: CurateConfig, options: PipelineOptions) -> None:
     runner = str(options.view_as(StandardOptions).runner)
     if config.interference_index == "faiss" and not _local_runner(options):
-        log.warning("interference_index=faiss scores every fact's neighbours on one worker of %s (~8.6 GB at "
+        log.warning("interference_index=faiss scores every fact's neighbours on one worker of %s (~8.7 GB at "
                     "1M facts); to spread that stage over the workers pass --interference-index lsh", runner)
 
 
