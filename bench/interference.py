@@ -398,11 +398,16 @@ def main(argv=None) -> dict:
                          "faiss index stage (ScoreInterferenceIndex, also at --sampled-sizes)")
     ap.add_argument("--exact-max", type=int, default=50_000, help="index stage: exact search up to this n")
     ap.add_argument("--cell-size", type=int, default=128, help="index stage: facts per IVF cell")
+    ap.add_argument("--stage-only", action="store_true",
+                    help="only the index stage and the base pipeline at --sizes and --sampled-sizes: CPU s and "
+                         "peak RSS, no recall pass and no other arm")
     args = ap.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
 
     records = load_records(Path(args.data))
     real = real_embeddings(records, Path(args.out))
+    if args.stage_only:
+        return stage_only(args, real, [r["target_new"] for r in records])
     results, faiss_results = [], []
     for n in args.sizes:
         emb, targets = build_facts(real, [r["target_new"] for r in records], n, args.near_dup, args.seed)
@@ -474,6 +479,30 @@ def main(argv=None) -> dict:
         exact = f", exact {ratio['exact_s']:.1f}" if "exact_s" in ratio else ""
         print(f"- {config} ({hi:,} / {lo:,}): stage wall {ratio['lsh_s']:.1f}, stage CPU {ratio['lsh_cpu_s']:.1f}{exact}")
     name = f"interference{('-' + args.tag) if args.tag else ''}.json"
+    (Path(args.out) / name).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def stage_only(args, real: np.ndarray, targets: list[str]) -> dict:
+    """The index stage alone at each size: (stage pipeline - base pipeline) CPU s and the stage's peak."""
+    rows = []
+    for n in [*args.sizes, *args.sampled_sizes]:
+        emb, facts_targets = build_facts(real, targets, n, args.near_dup, args.seed)
+        path = Path(args.out) / f"facts_{n}.npy"
+        np.save(path, emb)
+        del emb
+        base = run_beam_apart(path, facts_targets, None)
+        (wall, cpu), _, counters, peak = run_beam_apart(path, facts_targets, stage_params("index", "", args), "index")
+        rows.append({"n": n, "config": index_config(args), "stage_cpu_s": cpu - base[0][1],
+                     "stage_wall_s": wall - base[0][0], "pipeline_cpu_s": cpu, "base_cpu_s": base[0][1],
+                     "peak_rss_gb": peak, "base_peak_rss_gb": base[-1], "counters": counters})
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| facts | stage CPU s | stage wall s | peak RSS GB |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']:,} | {r['stage_cpu_s']:.1f} | {r['stage_wall_s']:.1f} | {r['peak_rss_gb']:.2f} |")
+    report = {"settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
+              "real_records": len(real), "stage_only": rows}
+    name = f"interference-stage{('-' + args.tag) if args.tag else ''}.json"
     (Path(args.out) / name).write_text(json.dumps(report, indent=2))
     return report
 

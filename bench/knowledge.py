@@ -58,6 +58,7 @@ import math
 import os
 import pickle
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -153,17 +154,19 @@ def override_lines(args: argparse.Namespace, out: Path, config) -> list[bytes]:
 
     pool = sample_lines(Path(args.data), args.override_pool, args.sample_seed, args.format)
     (out / "pool.jsonl").write_bytes(b"".join(line + b"\n" for line in pool))
-    if Manifest.exists_in(out / "pool"):
+    asked = {"data": str(args.data), "pool": len(pool), "sample_seed": args.sample_seed, "model": args.model}
+    probed = out / "override_pool.json"
+    if Manifest.exists_in(out / "pool") and probed.exists() and json.loads(probed.read_text()).get("asked") == asked:
         log.info("override regime: reusing the probed pool in %s", out / "pool")
     else:
+        shutil.rmtree(out / "pool", ignore_errors=True)
         log.info("override regime: probing a pool of %d sampled records", len(pool))
         curate([str(out / "pool.jsonl")], str(out / "pool"), config)
     rows = read_scored(out / "pool", columns=["position", "prediction", "ground_truth"]).to_pylist()
     known = sorted(r["position"] for r in rows
                    if r["ground_truth"] and starts_with_target(r["prediction"] or "", r["ground_truth"]))
     log.info("override regime: %d of %d pool records are answered with their ground truth", len(known), len(pool))
-    (out / "override_pool.json").write_text(json.dumps({"pool": len(pool), "scored": len(rows),
-                                                        "override": len(known)}))
+    probed.write_text(json.dumps({"asked": asked, "scored": len(rows), "override": len(known)}))
     if len(known) < args.n:
         raise SystemExit(f"--override-pool {args.override_pool} holds only {len(known)} records the base model "
                          f"answers with their ground truth; --n is {args.n}: give a larger pool or a smaller --n")

@@ -30,7 +30,6 @@ cluster that is one worker's job: there the LSH stage (``interference_index: lsh
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
@@ -205,12 +204,11 @@ def _knn_by_cell(built: FactIndex, n: int, kk: int, progress: Progress | None) -
     for cell in range(index.nlist):
         a, b = int(limits[cell]), int(limits[cell + 1])
         members, codes = get_invlist(index.invlists, cell)
-        if a == b or not len(members):
-            continue
-        facts = queries[a:b].astype(np.int64)
-        cos, near = faiss.knn(index.reconstruct_batch(facts), codes.view(np.float32).reshape(len(members), -1),
-                              min(kk, len(members)), metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result_subset(facts, cos, members[near])
+        if a < b and len(members):
+            facts = queries[a:b].astype(np.int64)
+            cos, near = faiss.knn(index.reconstruct_batch(facts), codes.view(np.float32).reshape(len(members), -1),
+                                  min(kk, len(members)), metric=faiss.METRIC_INNER_PRODUCT)
+            heap.add_result_subset(facts, cos, np.where(near >= 0, members[np.maximum(near, 0)], -1))
         visits += b - a
         if progress is not None and visits // nprobe > reported:
             progress.add(visits // nprobe - reported)
@@ -306,12 +304,7 @@ class _ScoreAll(beam.DoFn):
         self._ranged = Metrics.counter(METRICS_NS, "interference_range_searched")
 
     def process(self, _, side_input):
-        spilled = []
-        blocks = []
-        for block in side_input:
-            if isinstance(block, str):
-                spilled.append(block)
-            blocks.append(_load_block(block))
+        blocks = [_load_block(block) for block in side_input]
         keys = sorted(k for block in blocks for k in block[0])
         n = len(keys)
         rank = {k: i for i, k in enumerate(keys)}
@@ -344,10 +337,8 @@ class _ScoreAll(beam.DoFn):
         chunks = lambda: (gather(np.arange(r, min(n, r + ADD_BLOCK))) for r in range(0, n, ADD_BLOCK))  # noqa: E731
         log.info("interference: indexing %d facts", n)
         index = build_from(chunks, gather, n, dim, **self._build)
-        blocks.clear()  # the index holds the vectors now
-        for path in spilled:  # read: free the disk now (the run removes the folder in any case)
-            with contextlib.suppress(OSError):
-                os.remove(path)
+        blocks.clear()  # the index holds the vectors now (spilled files stay: a retried bundle rereads them;
+        # the run removes the folder)
         scores, work = score_index(index, n, targets, fact_ids, orders, progress=Progress("interference"),
                                    **self._score)
         self._facts.inc(n)

@@ -164,11 +164,13 @@ def _note_one_worker_stage(config: CurateConfig, options: PipelineOptions) -> No
 def _spill_folder(config: CurateConfig, options: PipelineOptions, out: Path | None) -> str | None:
     """A new folder where the faiss stage hands the embeddings to its worker (not through the runner:
     ``interference_index._Pack``): beside a local ``out``, else in the system's temp folder; None
-    for the LSH stage and for runners whose workers may be elsewhere. The run removes it."""
+    for the LSH stage and for runners whose workers may be elsewhere. The run removes it (a killed
+    job's is removed by the job's retry, ``service.jobs``)."""
     if config.interference_index != "faiss" or not _local_runner(options):
         return None
     if out is None:
         return tempfile.mkdtemp(prefix="beacon-interference-")
+    out = out.resolve()  # `--out .` too: beside the folder, never inside it
     return tempfile.mkdtemp(prefix=f".{out.name}.interference-", dir=out.parent)
 
 

@@ -299,8 +299,9 @@ def _curate(spec: dict[str, Any]) -> dict[str, Any]:
     with open(out.parent / f".{out.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not Manifest.exists_in(out):
-            for stale in out.parent.glob(f".{out.name}.staging-*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a killed curation
+            for pattern in (f".{out.name}.staging-*", f".{out.name}.interference-*"):
+                for stale in out.parent.glob(pattern):
+                    shutil.rmtree(stale, ignore_errors=True)  # left by a killed curation
             curate([spec["input"]], str(out), CurateConfig.model_validate(spec["curate"]), overwrite=True)
     _warm_stats(spec)
     return {"dataset_dir": str(out)}

@@ -131,8 +131,8 @@ def training_arguments(config: TrainConfig, output_dir: Path, **overrides: Any) 
         disable_tqdm=not config.progress,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        # No GPU: say so, or under torchrun accelerate finds no device backend and trains each process
-        # alone (DistributedType.NO); on CPU it is gloo (DistributedType.MULTI_CPU).
-        use_cpu=not torch.cuda.is_available(),
+        # No accelerator at all (CUDA, MPS, XPU, …): say so, or under torchrun accelerate finds no
+        # device backend and trains each process alone (DistributedType.NO); on CPU it is gloo.
+        use_cpu=not torch.accelerator.is_available(),
     )
     return TrainingArguments(**{**kwargs, **overrides})

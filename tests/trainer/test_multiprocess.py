@@ -16,6 +16,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 
@@ -35,8 +37,6 @@ def torchrun(dataset: Path, run: Path) -> subprocess.CompletedProcess:
 
 
 def visits(run: Path) -> list[tuple[int, str]]:
-    import pyarrow.parquet as pq
-
     return sorted((r["step"], r["fact_id"]) for r in pq.read_table(run / "trace.parquet").to_pylist())
 
 
@@ -49,6 +49,11 @@ def test_two_processes_share_one_schedule_and_resume_to_the_same_batches(tiny_da
     # Each step's trace holds both processes' facts (2 a process): rank 0 saw rank 1's through the gather.
     per_step = Counter(step for step, _ in visits(straight))
     assert sorted(per_step) == list(range(1, 9)) and set(per_step.values()) == {4}
+    # The two processes trained different shards of the round: were they the same, every fact of a
+    # step would be there an even number of times. (A fact may be twice in a step: 5 facts fill a
+    # round of 8 draws, so the round repeats some, by design.)
+    counts = [Counter(f for s, f in visits(straight) if s == step) for step in per_step]
+    assert any(c % 2 for step in counts for c in step.values())
     assert (straight / "checkpoints" / "checkpoint-4" / "beacon_schedule.json").is_file()
 
     # An attempt that died after checkpoint 4, resumed with two processes again: the same visits.
@@ -57,6 +62,9 @@ def test_two_processes_share_one_schedule_and_resume_to_the_same_batches(tiny_da
     shutil.rmtree(resumed / "checkpoints" / "checkpoint-8")
     shutil.rmtree(resumed / "adapter")
     (resumed / "train_summary.json").unlink()
+    trace = pq.read_table(resumed / "trace.parquet")  # as a run killed after checkpoint 4 left it
+    pq.write_table(trace.filter(pc.less_equal(trace["step"], 4)), resumed / "trace.parquet")
+    assert max(step for step, _ in visits(resumed)) == 4
     torchrun(tiny_dataset, resumed)
     again = json.loads((resumed / "train_summary.json").read_text())
     assert again["resumed_from"].endswith("checkpoint-4") and again["global_step"] == 8
