@@ -2,8 +2,7 @@
 
 Facts
     Real: the prompts of CounterFact train + val (11,919 records; those of the files present,
-    ``--data``), encoded once with the
-    bundled all-MiniLM-L6-v2 (CPU, normalize_embeddings=True); the embeddings are cached in
+    ``--data``), encoded once with the bundled all-MiniLM-L6-v2 (CPU, normalize_embeddings=True); the embeddings are cached in
     ``--out`` as ``counterfact_prompts_minilm.npy`` (gitignored; the records are not copied).
     10k: the first 10,000 real prompts with their ``target_new``.
     100k: all real prompts plus copies up to 100,000. A copy picks a real source embedding x
@@ -167,7 +166,7 @@ def run_beam(emb_path: Path, targets: list[str], params: dict | None, stage: str
         result = p.run()
         result.wait_until_finish()
         seconds = (time.perf_counter() - started, time.process_time() - cpu)
-        rows = [row for f in Path(tmp).glob("*.pkl") for row in pickle.loads(f.read_bytes())]  # not spill/
+        rows = [row for f in Path(tmp).glob("*.pkl") for row in pickle.loads(f.read_bytes())]  # (spill/ is a subfolder)
     counters = {c.key.metric.name: c.committed for c in
                 result.metrics().query(MetricsFilter().with_namespace(METRICS_NS))["counters"]}
     return seconds, rows, counters
@@ -410,9 +409,7 @@ def main(argv=None) -> dict:
         return stage_only(args, real, [r["target_new"] for r in records])
     results, faiss_results = [], []
     for n in args.sizes:
-        emb, targets = build_facts(real, [r["target_new"] for r in records], n, args.near_dup, args.seed)
-        path = Path(args.out) / f"facts_{n}.npy"
-        np.save(path, emb)
+        emb, targets, path = facts_file(real, [r["target_new"] for r in records], n, args)
         base = run_beam_apart(path, targets, None)[0]
         exact = exact_truth(emb, targets, args)
         for stage, config in [("lsh", c) for c in args.configs] + [("index", "")]:
@@ -423,9 +420,7 @@ def main(argv=None) -> dict:
             faiss_results.append(measure_faiss(path, targets, exact, args, kind)[0])
             print(json.dumps(faiss_results[-1]), flush=True)
     for n in args.sampled_sizes:  # faiss IVF against faiss's exact pass, on the same sampled rows
-        emb, targets = build_facts(real, [r["target_new"] for r in records], n, args.near_dup, args.seed)
-        path = Path(args.out) / f"facts_{n}.npy"
-        np.save(path, emb)
+        emb, targets, path = facts_file(real, [r["target_new"] for r in records], n, args)
         del emb
         if "index" in args.stages:  # first: its rows wait for the truth below
             base = run_beam_apart(path, targets, None)[0]
@@ -483,13 +478,19 @@ def main(argv=None) -> dict:
     return report
 
 
+def facts_file(real: np.ndarray, targets: list[str], n: int, args) -> tuple[np.ndarray, list[str], Path]:
+    """``build_facts`` at size n, saved where the pipelines' reader finds it: (embeddings, targets, path)."""
+    emb, facts_targets = build_facts(real, targets, n, args.near_dup, args.seed)
+    path = Path(args.out) / f"facts_{n}.npy"
+    np.save(path, emb)
+    return emb, facts_targets, path
+
+
 def stage_only(args, real: np.ndarray, targets: list[str]) -> dict:
     """The index stage alone at each size: (stage pipeline - base pipeline) CPU s and the stage's peak."""
     rows = []
     for n in [*args.sizes, *args.sampled_sizes]:
-        emb, facts_targets = build_facts(real, targets, n, args.near_dup, args.seed)
-        path = Path(args.out) / f"facts_{n}.npy"
-        np.save(path, emb)
+        emb, facts_targets, path = facts_file(real, targets, n, args)
         del emb
         base = run_beam_apart(path, facts_targets, None)
         (wall, cpu), _, counters, peak = run_beam_apart(path, facts_targets, stage_params("index", "", args), "index")

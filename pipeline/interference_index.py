@@ -22,9 +22,9 @@ k-th nearest is still above the threshold may have more: those facts alone get a
 ``neighbors`` and ``conflicts_with`` are complete (for the IVF index, within the cells probed). The
 scores have exactly the contract of ``pipeline.interference``'s ``finalize``, which this stage reuses.
 
-Memory on the worker: the runner's copy of the packed blocks (side input, ~1.5 KB a fact at 384
-dimensions), the index (as much again) and one chunk of ``ADD_BLOCK`` rows being added; the facts are
-never copied into one matrix. BENCHMARKS.md has the whole pipeline process's peak at 1M facts. On a
+Memory on the worker: the packed blocks (~1.5 KB a fact at 384 dimensions; on runners of this
+machine read from a spill folder, else also the runner's copy of the side input), the index (as much
+again) and one chunk of ``ADD_BLOCK`` rows being added; the facts are never copied into one matrix. BENCHMARKS.md has the whole pipeline process's peak at 1M facts. On a
 cluster that is one worker's job: there the LSH stage (``interference_index: lsh``) spreads the work.
 """
 
@@ -195,7 +195,7 @@ def _knn_by_cell(built: FactIndex, n: int, kk: int, progress: Progress | None) -
     from faiss.contrib.inspect_tools import get_invlist
 
     index = built.index
-    cells = np.ascontiguousarray(built.cells)  # sorted in place below: a copy, the caller keeps its own
+    cells = built.cells.copy()  # sorted in place below: the index's own stay as they are
     nprobe = cells.shape[1]
     limits = faiss.matrix_bucket_sort_inplace(cells, nbucket=index.nlist, nt=1)
     queries = cells.ravel()  # now the fact numbers, grouped by the cell they probe
@@ -294,7 +294,8 @@ class _ScoreAll(beam.DoFn):
     index is built, then dropped. The index holds the facts in key order, so it is the same whatever
     order the blocks arrive in; they are never copied into one matrix: each ``ADD_BLOCK`` rows in key
     order are gathered from the blocks and added. The queries come back out of the index
-    (``score_index``). Peak: the runner's copy of the blocks, their decoded list and the index.
+    (``score_index``). Peak: the decoded blocks, the index and, without a spill folder, the runner's
+    copy of the blocks.
     """
 
     def __init__(self, *, exact_max: int, cell_size: int, nprobe: int, seed: int, **score):
@@ -314,11 +315,10 @@ class _ScoreAll(beam.DoFn):
             return
         targets, fact_ids, orders = [""] * n, [""] * n, [0] * n
         where: list[np.ndarray] = []  # per block: the rank of each of its rows
-        dim = 0
+        dim = len(blocks[0][1]) // 4 // len(blocks[0][0])  # float32 bytes per row
         for block_keys, blob, block_targets, block_ids, block_orders in blocks:
             at = np.fromiter((rank[k] for k in block_keys), np.int64, len(block_keys))
             where.append(at)
-            dim = len(blob) // 4 // len(block_keys)
             for i, t, f, o in zip(at.tolist(), block_targets, block_ids, block_orders):
                 targets[i], fact_ids[i], orders[i] = t, f, o
         del rank

@@ -46,7 +46,7 @@ class TrainResult:
     stopped_when_learned: bool = False  # stop_when_learned ended the run before its length
     replay_prompts: int | None = None
     replay_source: str | None = None
-    processes: int = 1  # training processes (torchrun / accelerate launch): each trains batch_size a step
+    processes: int = 1  # training processes (torchrun / accelerate launch), each with its own batches
 
 
 def run_record(config: TrainConfig, info: DatasetInfo) -> dict[str, Any]:
