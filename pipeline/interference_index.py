@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 TRAIN_MAX = 50_000
 SEARCH_BLOCK = 16_384  # query rows per faiss call: bounds the result arrays, paces progress lines
 ADD_BLOCK = 131_072  # rows added to the index at a time: bounds the copy the worker gathers them into
+# From this many cells on, the cells are trained and the facts routed in two levels (``_train_cells``,
+# ``_router``): 1M facts' ~7,800 cells, not 100k facts' ~780.
+TWO_LEVEL_MIN = 1024
+ROUTE_PROBE = 8  # groups of centroids a fact's cells are looked for in, above TWO_LEVEL_MIN cells
 
 # A block of facts: (keys, their float32 embeddings' bytes, normalised targets, fact_ids, orders).
 Block = tuple[list[str], bytes, list[str], list[str], list[int]]
@@ -90,30 +94,100 @@ def build_from(chunks: Callable[[], Iterable[np.ndarray]], rows: Callable[[np.nd
         for chunk in chunks():
             index.add(chunk)
         return FactIndex(index, None)
-    nlist = max(1, n // cell_size)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     sample = np.sort(np.random.default_rng(seed).choice(n, min(n, TRAIN_MAX), replace=False))
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # k-means sums in a fixed order: the same cells on any machine
-    try:
-        index.cp.seed = seed
-        index.cp.min_points_per_centroid = 1  # few rows per cell is the design (TRAIN_MAX): no warning
-        index.train(rows(sample))
-    finally:
-        faiss.omp_set_num_threads(threads)
+    centroids = _train_cells(rows(sample), max(1, n // cell_size), seed)
+    nlist = len(centroids)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.quantizer.add(centroids)
+    index.is_trained = True
     index.nprobe = min(nprobe, nlist)
+    route = _router(centroids, index.nprobe, seed)
     # Route each fact once: its nprobe nearest cells are where it is searched, the first is where it lives.
     cells = np.empty((n, index.nprobe), dtype=np.int32)
     at = 0
     for chunk in chunks():
-        _, nearest = index.quantizer.search(chunk, index.nprobe)
-        add_preassigned(index, chunk, np.ascontiguousarray(nearest[:, 0]))
+        nearest = route(chunk)
+        add_preassigned(index, chunk, nearest[:, 0].astype(np.int64))
         cells[at:at + len(chunk)] = nearest
         at += len(chunk)
     if at != n:
         raise ValueError(f"build_from: chunks held {at} rows, expected {n}")
     index.make_direct_map()  # reconstruct: the queries come from the index's own copy
     return FactIndex(index, cells)
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k spherical k-means centroids of ``x`` in one thread (sums in a fixed order: the same cells on
+    any machine), k clamped to the rows there are."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        km = faiss.Kmeans(x.shape[1], max(1, min(k, len(x))), seed=seed, spherical=True,
+                          min_points_per_centroid=1)  # few rows per cell is the design (TRAIN_MAX)
+        km.train(np.ascontiguousarray(x))
+        return km.centroids
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _train_cells(sample: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    """About ``nlist`` cell centroids from the training ``sample``.
+
+    Up to ``TWO_LEVEL_MIN`` cells, one k-means; above, two levels (the idea of faiss's
+    ``contrib.clustering.two_level_clustering``): ~sqrt(nlist) coarse clusters, then each split into
+    cells in proportion to its rows (at least one, at most its rows: that helper would fail on a
+    cluster with fewer rows than its share). One k-means costs rows × nlist per iteration, which at
+    1M facts' 7,800 cells was a fifth of the stage; two levels cost rows × 2·sqrt(nlist).
+    """
+    if nlist < TWO_LEVEL_MIN:
+        return _kmeans(sample, nlist, seed)
+    coarse = _kmeans(sample, int(np.sqrt(nlist)), seed)
+    _, owner = _nearest(coarse, sample, 1)
+    owner = owner[:, 0]
+    sizes = np.bincount(owner, minlength=len(coarse))
+    shares = np.clip(np.round(sizes * nlist / len(sample)).astype(np.int64), 1, np.maximum(sizes, 1))
+    parts = [_kmeans(sample[owner == c], int(shares[c]), seed) for c in range(len(coarse)) if sizes[c]]
+    return np.ascontiguousarray(np.vstack(parts), dtype=np.float32)
+
+
+def _nearest(centroids: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact: each row of ``x``'s k nearest of ``centroids`` by inner product (one BLAS product)."""
+    import faiss
+
+    return faiss.knn(np.ascontiguousarray(x), centroids, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+def _router(centroids: np.ndarray, nprobe: int, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """rows -> each row's ``nprobe`` nearest cells (int32, nearest first).
+
+    Up to ``TWO_LEVEL_MIN`` cells exactly, one BLAS product against every centroid. Above, that product
+    is n × nlist, quadratic in the facts at a fixed cell size (45 of 130 CPU s at 1M facts), so the
+    centroids are themselves grouped into an IVF index of ~sqrt(nlist) groups and each row is matched
+    against the centroids of its ``ROUTE_PROBE`` nearest groups, group by group (``_knn_by_cell``).
+    A row whose groups hold fewer than nprobe cells is routed exactly."""
+    import faiss
+
+    nlist = len(centroids)
+    if nlist < TWO_LEVEL_MIN:
+        return lambda x: _nearest(centroids, x, nprobe)[1].astype(np.int32)
+    groups = _kmeans(centroids, int(np.sqrt(nlist)), seed)
+    by_group = faiss.IndexIVFFlat(faiss.IndexFlatIP(centroids.shape[1]), centroids.shape[1], len(groups),
+                                  faiss.METRIC_INNER_PRODUCT)
+    by_group.quantizer.add(groups)
+    by_group.is_trained = True
+    by_group.add(centroids)  # ids 0..nlist-1: the cell numbers
+
+    def route(x: np.ndarray) -> np.ndarray:
+        _, probes = _nearest(groups, x, min(ROUTE_PROBE, len(groups)))
+        _, near = _knn_by_cell(by_group, probes.astype(np.int32), nprobe, lambda rows: x[rows])
+        short = np.nonzero((near < 0).any(axis=1))[0]
+        if len(short):
+            near[short] = _nearest(centroids, x[short], nprobe)[1]
+        return near.astype(np.int32)
+
+    return route
 
 
 def score_all(emb: np.ndarray, targets: list[str], fact_ids: list[str], orders: list[int], *,
@@ -140,7 +214,8 @@ def score_index(built: FactIndex | None, n: int, targets: list[str], fact_ids: l
     index = built.index
     codes = _codes(targets)
     kk = min(n, k + 1)  # +1: a fact finds itself
-    nearest = _knn_by_cell(built, n, kk, progress) if built.cells is not None else None
+    nearest = (_knn_by_cell(index, built.cells, kk, index.reconstruct_batch, progress)
+               if built.cells is not None else None)
     results: list[dict] = []
     range_searched = 0
     for r0 in range(0, n, SEARCH_BLOCK):
@@ -182,23 +257,27 @@ def score_index(built: FactIndex | None, n: int, targets: list[str], fact_ids: l
     return results, {"range_searched": range_searched}
 
 
-def _knn_by_cell(built: FactIndex, n: int, kk: int, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
-    """Every fact's kk nearest within its cells, cell by cell: the facts searched in a cell against the
-    cell's members as one BLAS product (``faiss.knn``), merged per fact in a ``ResultHeap``.
+def _knn_by_cell(index, probes: np.ndarray, kk: int, vectors: Callable[[np.ndarray], np.ndarray],
+                 progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's kk nearest among the members of the IVF ``index``'s cells it probes (``probes``:
+    (queries, nprobe) int32 cell numbers; ``vectors(query numbers)``: their vectors), cell by cell:
+    the queries of a cell against the cell's members as one BLAS product (``faiss.knn``), merged per
+    query in a ``ResultHeap`` (-1 where fewer than kk were found).
 
-    The same cells and so the same neighbours as ``index.search`` with the index's nprobe, but each
-    cell's members are read once for all the facts that probe it rather than once per fact: 36 CPU s
-    instead of ~290 s for 1M facts (BENCHMARKS.md). The idea is faiss's own ``contrib.big_batch_search``,
-    which wants every query in one matrix; here the queries come out of the index, a cell at a time.
+    For the facts (probes: their cells, vectors: the index's own copy) these are the same neighbours
+    as ``index.search`` with the index's nprobe, but each cell's members are read once for all the
+    facts that probe it rather than once per fact: 36 CPU s instead of ~290 s for 1M facts
+    (BENCHMARKS.md). The idea is faiss's own ``contrib.big_batch_search``, which wants every query in
+    one matrix (and prints a line per cell); here the queries come a cell at a time.
     """
     import faiss
     from faiss.contrib.inspect_tools import get_invlist
 
-    index = built.index
-    cells = built.cells.copy()  # sorted in place below: the index's own stay as they are
+    n = len(probes)
+    cells = probes.copy()  # sorted in place below: the caller's stay as they are
     nprobe = cells.shape[1]
     limits = faiss.matrix_bucket_sort_inplace(cells, nbucket=index.nlist, nt=1)
-    queries = cells.ravel()  # now the fact numbers, grouped by the cell they probe
+    queries = cells.ravel()  # now the query numbers, grouped by the cell they probe
     heap = faiss.ResultHeap(n, kk, keep_max=True)
     visits = reported = 0
     for cell in range(index.nlist):
@@ -206,7 +285,7 @@ def _knn_by_cell(built: FactIndex, n: int, kk: int, progress: Progress | None) -
         members, codes = get_invlist(index.invlists, cell)
         if a < b and len(members):
             facts = queries[a:b].astype(np.int64)
-            cos, near = faiss.knn(index.reconstruct_batch(facts), codes.view(np.float32).reshape(len(members), -1),
+            cos, near = faiss.knn(vectors(facts), codes.view(np.float32).reshape(len(members), -1),
                                   min(kk, len(members)), metric=faiss.METRIC_INNER_PRODUCT)
             heap.add_result_subset(facts, cos, np.where(near >= 0, members[np.maximum(near, 0)], -1))
         visits += b - a

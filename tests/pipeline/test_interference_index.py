@@ -92,6 +92,32 @@ def test_ivf_index_finds_the_close_pairs_and_every_conflict():
         assert g["interference"] <= w["interference"] + 1e-5
 
 
+def test_many_cells_are_trained_and_routed_in_two_levels_and_still_find_the_close_pairs():
+    """Above TWO_LEVEL_MIN cells the centroids come from two k-means levels and each fact's cells from
+    the centroids of its nearest groups: the close pairs and the conflicts are still found."""
+    # Topics, as prompts have them (uniform random vectors have no structure for either level to find):
+    # facts at cosine 0.6-0.9 to one of 100 topic centres, then pairs planted at 0.905-0.99.
+    rng = np.random.default_rng(7)
+    centres = unit(rng.standard_normal((100, DIM)))
+    emb = np.stack([at_cosine(rng, centres[t], c) for t, c in zip(rng.integers(0, 100, 6600),
+                                                                     rng.uniform(0.6, 0.9, 6600))])
+    for k, c in enumerate(np.linspace(0.905, 0.99, 300)):
+        emb[6000 + 2 * k + 1] = at_cosine(rng, emb[6000 + 2 * k], c)
+    n = len(emb)
+    built = build_index(emb, exact_max=0, cell_size=4, nprobe=8, seed=0)
+    assert built.index.nlist >= interference_index.TWO_LEVEL_MIN
+    assert built.cells.shape == (n, 8) and (built.cells >= 0).all() and (built.cells < built.index.nlist).all()
+    got, _ = score_all(emb, _ids(n), _ids(n), list(range(n)), neighbor_threshold=0.9, conflict_threshold=0.95,
+                       exact_max=0, cell_size=4, nprobe=8)
+    cos = emb @ emb.T
+    np.fill_diagonal(cos, -1.0)
+    close = int((cos >= 0.9).sum()) // 2
+    assert close >= 300 and sum(g["neighbors"] for g in got) / 2 >= 0.99 * close
+    want = {(i, f"f{j:05d}") for i, j in zip(*np.nonzero(cos >= 0.95))}
+    assert len(want) > 100
+    assert len({(i, c) for i, g in enumerate(got) for c in g["conflicts_with"]} & want) >= 0.999 * len(want)
+
+
 def test_ivf_scores_do_not_depend_on_arrival_order():
     emb = _planted(1500, 50, seed=6)
     n = len(emb)
@@ -131,7 +157,7 @@ def test_ivf_neighbours_cell_by_cell_are_the_index_search():
     finds: the same neighbours, the same cosines to float precision."""
     emb = _planted(2000, 150, seed=9)
     built = build_index(emb, exact_max=0, cell_size=40, nprobe=4, seed=0)
-    cos, ids = interference_index._knn_by_cell(built, len(emb), 9, None)
+    cos, ids = interference_index._knn_by_cell(built.index, built.cells, 9, built.index.reconstruct_batch)
     want_cos, want_ids = built.index.search(emb, 9)
     assert np.abs(cos - want_cos).max() < 1e-5
     distinct = [r for r in range(len(emb)) if len(set(np.round(want_cos[r], 4).tolist())) == 9]
