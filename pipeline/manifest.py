@@ -259,6 +259,19 @@ def commit_remote(staging: str, out: str, timings: dict[str, float]) -> Manifest
     return manifest
 
 
+def publish(dataset: Path, out: str) -> Manifest:
+    """Copies the committed local dataset ``dataset`` to ``out`` (a URL) and commits it there as a run
+    into ``out`` would be (``commit_remote``): its files under a run prefix of their own, the manifest
+    last. The same dataset id and rows; a reader of ``out`` sees what it held before, or this whole."""
+    manifest = Manifest.read(dataset)
+    staging = remote_staging(out)
+    for names in manifest.files.values():
+        for name in names:
+            storage.copy_file(dataset / name, storage.join(staging, name))  # scored/part-…: the same layout
+    manifest.write(staging)
+    return commit_remote(staging, out, manifest.timings)
+
+
 def _remove_replaced(out: str, staging: str, manifest: Manifest, old: Manifest | None) -> None:
     keep = {storage.join(out, n) for names in manifest.files.values() for n in names}
     doomed = {storage.join(out, n) for names in old.files.values() for n in names} if old is not None else set()

@@ -197,6 +197,41 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+def copy_file(source: str | Path, dest: str | Path, *, chunk: int = 8 * 2**20) -> int:
+    """Copies the file ``source`` to ``dest`` (either may be a URL), streamed in ``chunk`` pieces
+    (Beam's ``FileSystems.copy`` wants both on one filesystem); on an object store the object appears
+    whole when the upload ends. Returns the bytes copied."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    copied = 0
+    with open_read(source) as src:
+        if is_url(dest):
+            out = _filesystems().create(str(dest), compression_type=CompressionTypes.UNCOMPRESSED)
+        else:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            out = open(dest, "wb")
+        with out:
+            while block := src.read(chunk):
+                out.write(block)
+                copied += len(block)
+    return copied
+
+
+def stat(path: str | Path) -> tuple[int, float]:
+    """(size in bytes, last modified as a Unix time) of the file at ``path``.
+
+    Raises:
+        FileNotFoundError: there is none (the message names it).
+    """
+    if not is_url(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime
+    found = [m for m in _filesystems().match([str(path)])[0].metadata_list if m.path == str(path)]
+    if not found:
+        raise FileNotFoundError(f"{path} not found")
+    return found[0].size_in_bytes, found[0].last_updated_in_seconds
+
+
 def exists(path: str | Path) -> bool:
     if not is_url(path):
         return os.path.exists(path)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from schemas import Manifest
+from schemas import Manifest, storage
 from scoring.progress import quiet_library_bars
 from service.datasets import Layout, PathError, confined, list_artifacts, scored_dataset_id
 from service.model_specs import resolve_job_model
@@ -34,7 +34,8 @@ from trainer.runs import is_trained, read_json, training_progress
 
 log = logging.getLogger(__name__)
 
-SPAN = {"curating": (0.0, 0.3), "training": (0.3, 0.9), "evaluating": (0.9, 1.0)}
+SPAN = {"curating": (0.0, 0.3), "training": (0.3, 0.9), "evaluating": (0.9, 1.0), "publishing": (0.99, 1.0)}
+STATUS = {"publishing": "evaluating"}  # a stage's job status, where it is not the stage's own name
 LOCK_WAIT_S = 60.0
 
 
@@ -82,10 +83,7 @@ class JobRunner:
     def _stages(self, lock_fd: int) -> str:
         params = self.job["params"]
         source = self.store.get_dataset(dataset_id=self.job["dataset_id"])
-        try:
-            input_path = self.layout.resolve(source["path"])
-        except PathError as e:
-            raise StageFailed(f"the input dataset {source['id']} is unusable: {e}") from None
+        input_path = self._input(source)
         from pydantic import ValidationError
 
         from pipeline.config import CurateConfig
@@ -128,9 +126,34 @@ class JobRunner:
                     raise StageFailed(f"the job's replay file is unusable: {e}") from None
             self._stage("training", {**base, "train": train}, lock_fd)
         self._stage("evaluating", {**base, "eval": params["eval"]}, lock_fd)
+        if params.get("output_url"):
+            self._publish(params["output_url"], base, lock_fd)
 
         metrics = json.loads((self.run_dir / "metrics.json").read_text())
         return self._end("succeeded", "job succeeded", metrics=metrics)
+
+    def _input(self, source: dict[str, Any]) -> str:
+        """Where the curation reads the job's dataset: a file under the data root, or an object-store URL
+        (still allowed now: the operator may have narrowed BEACON_OBJECT_STORE_PREFIXES since)."""
+        path = source["path"]
+        if storage.is_url(path):
+            if not self.settings.allows_url(path):
+                raise StageFailed(f"the input dataset {source['id']} ({path}) is no longer under an allowed "
+                                  "object-store prefix (BEACON_OBJECT_STORE_PREFIXES)")
+            return path
+        try:
+            return str(self.layout.resolve(path))
+        except PathError as e:
+            raise StageFailed(f"the input dataset {source['id']} is unusable: {e}") from None
+
+    def _publish(self, output_url: str, base: dict[str, Any], lock_fd: int) -> None:
+        if not self.settings.allows_url(output_url):
+            raise StageFailed(f"the job's output_url {output_url} is no longer under an allowed object-store "
+                              "prefix (BEACON_OBJECT_STORE_PREFIXES)")
+        target = storage.join(output_url, self.claim.job_id)
+        self._stage("publishing", {**base, "publish_to": target}, lock_fd)
+        self.store.add_event(job_id=self.claim.job_id, kind="published",
+                             message=f"published to {target}/ (dataset/, run/)", data={"url": target})
 
     def _models_resolved(self, section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
         """The section with ``models/<name>`` specs turned into the folder the worker loads."""
@@ -142,7 +165,7 @@ class JobRunner:
 
     def _stage(self, stage: str, spec: dict[str, Any], lock_fd: int) -> None:
         start, _ = SPAN[stage]
-        self.store.update_job(self.claim, status=stage, stage=stage, progress=start)
+        self.store.update_job(self.claim, status=STATUS.get(stage, stage), stage=stage, progress=start)
         started = time.monotonic()
         spec_path = self.job_dir / f"{stage}.spec.json"
         result_path = self.job_dir / f"{stage}.result.json"
@@ -337,7 +360,18 @@ def _evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": str(Path(spec["run_dir"]) / "metrics.json")}
 
 
-STAGE_FUNCTIONS = {"curating": _curate, "training": _train, "evaluating": _evaluate}
+def _publish(spec: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.manifest import publish
+    from trainer.runs import publish_run
+
+    target = spec["publish_to"]
+    storage.check_location(target, "the job's output")
+    manifest = publish(Path(spec["dataset_dir"]), storage.join(target, "dataset"))
+    files = publish_run(Path(spec["run_dir"]), storage.join(target, "run"), job_id=spec["job_id"])
+    return {"url": target, "dataset_id": manifest.dataset_id, "run_files": len(files)}
+
+
+STAGE_FUNCTIONS = {"curating": _curate, "training": _train, "evaluating": _evaluate, "publishing": _publish}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -36,6 +37,11 @@ class Settings(BaseSettings):
                                                                    "this long (a killed upload) are removed.")
     allow_hub_models: bool = Field(False, description="Let jobs name Hugging Face hub models (the worker "
                                                       "downloads them); bundled: and models/ always work.")
+    object_store_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Object-store URLs (comma-separated, e.g. s3://team/beacon/) under "
+                                          "which a job may read its dataset_path and publish to its output_url; "
+                                          "empty: jobs use the data root only. Credentials and endpoint come "
+                                          "from the API's and workers' environment (for S3: AWS_*).")
 
     # --- worker ----------------------------------------------------------------------------------
     lease_seconds: float = Field(30.0, ge=1.0, description="A claimed job is the worker's this long "
@@ -55,6 +61,32 @@ class Settings(BaseSettings):
     query_max_bytes: int = Field(8 * 2**20, gt=0, description="Largest query answer in bytes (more: 413).")
     query_spill_bytes: int = Field(2**30, gt=0, description="Disk a query may spill to, under DATA_DIR/tmp/.")
     stats_cache: bool = Field(True, description="Keep computed dataset stats (datasets are immutable).")
+
+    @field_validator("object_store_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("object_store_prefixes")
+    @classmethod
+    def _check_prefixes(cls, prefixes: list[str]) -> list[str]:
+        checked = []
+        for prefix in prefixes:
+            head, _, rest = prefix.partition("://")
+            if not head or not rest.split("/", 1)[0]:
+                raise ValueError(f"object_store_prefixes: {prefix!r} is not an object-store URL with a bucket "
+                                 "(e.g. s3://bucket/beacon/)")
+            checked.append(prefix.rstrip("/") + "/")  # s3://b/team allows s3://b/team/x, not s3://b/team-x
+        return checked
+
+    def allows_url(self, url: str) -> bool:
+        """Whether a job may read or write ``url`` (a file, or a folder with or without its trailing
+        slash): at or under a configured prefix, with no ``..`` segment."""
+        folder = url.rstrip("/") + "/"
+        return ".." not in url.split("://", 1)[-1].split("/") and any(
+            folder.startswith(prefix) for prefix in self.object_store_prefixes)
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

@@ -68,3 +68,24 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+PUBLISHED = "files.json"  # a published run's index, written last: the run's files and their sizes
+
+
+def publish_run(run_dir: Path, out: str, *, job_id: str | None = None) -> list[dict[str, Any]]:
+    """Copies the run folder ``run_dir`` to ``out`` (a URL or a folder) without its checkpoints (they
+    are for resuming here, and the bulk of a run), then writes ``out/files.json`` naming every file
+    copied with its size: a reader that finds the index finds the run whole. Copying again (a retried
+    job) writes the same names; the index is rewritten last. Returns the index's entries."""
+    from schemas import storage
+
+    entries = []
+    for path in sorted(p for p in Path(run_dir).rglob("*") if p.is_file()):
+        relative = path.relative_to(run_dir).as_posix()
+        if relative.split("/", 1)[0] == "checkpoints" or relative == PUBLISHED:
+            continue
+        entries.append({"path": relative, "bytes": storage.copy_file(path, storage.join(out, relative))})
+    index = {"job_id": job_id, "files": entries}
+    storage.write_bytes(storage.join(out, PUBLISHED), json.dumps(index, indent=2).encode())
+    return entries

@@ -46,7 +46,14 @@ class JobCreate(BaseModel):
     dataset_id: str | None = Field(None, pattern=DATASET_ID, description="An uploaded (raw) dataset.")
     dataset_path: str | None = Field(
         None, max_length=1024, description="Or a file under the data root's imports/ folder, relative to it "
-                                           "(e.g. 'facts.jsonl'); never absolute, never '..'.")
+                                           "(e.g. 'facts.jsonl'; never absolute, never '..'), or an "
+                                           "object-store URL under one of the service's "
+                                           "BEACON_OBJECT_STORE_PREFIXES (e.g. 's3://team/in/facts.jsonl').")
+    output_url: str | None = Field(
+        None, max_length=1024, description="Also publish the job's results under OUTPUT_URL/<job id>/: the "
+                                           "curated dataset (dataset/, committed as `beacon curate --out URL` "
+                                           "commits) and the run without its checkpoints (run/, its "
+                                           "files.json written last). A URL under BEACON_OBJECT_STORE_PREFIXES.")
     curate: CurateConfig = Field(default_factory=CurateConfig, description="As `beacon curate` flags.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="As `beacon train` flags.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="As `beacon eval` flags.")
@@ -61,8 +68,11 @@ class JobCreate(BaseModel):
         """The settings as stored with the job: every default resolved now, so a resume sees the same."""
         train = self.train.model_copy(update={"progress": False})
         evaluation = self.eval.model_copy(update={"progress": False})
-        return {"curate": self.curate.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                "eval": evaluation.model_dump(mode="json")}
+        params = {"curate": self.curate.model_dump(mode="json"), "train": train.model_dump(mode="json"),
+                  "eval": evaluation.model_dump(mode="json")}
+        if self.output_url is not None:
+            params["output_url"] = self.output_url.rstrip("/")
+        return params
 
 
 class Artifact(BaseModel):

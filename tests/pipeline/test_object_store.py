@@ -15,46 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MINI_FACTS, free_port
+from conftest import BUCKET
 
-BUCKET = "beacon-test"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def s3_env():
-    """A moto S3 server on loopback, the environment that points boto3 (and so Beam) at it, and the
-    test bucket holding the fixture's input file."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import boto3
-
-        client = boto3.client("s3")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        client.upload_file(str(MINI_FACTS), BUCKET, "in/mini_facts.jsonl")
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.terminate()
-        server.wait(10)
 
 
 def _keys(prefix: str) -> list[str]:

@@ -27,6 +27,32 @@ def test_inconsistent_settings_are_refused():
         Settings(lease_seconds=3, heartbeat_seconds=5)
 
 
+def test_object_store_prefixes_are_folders_of_a_bucket(monkeypatch):
+    monkeypatch.setenv("BEACON_OBJECT_STORE_PREFIXES", "s3://team/beacon, gs://other")
+    settings = Settings()
+    assert settings.object_store_prefixes == ["s3://team/beacon/", "gs://other/"]
+    assert settings.allows_url("s3://team/beacon/in/facts.jsonl") and settings.allows_url("gs://other/x")
+    assert not settings.allows_url("s3://team/beacon-other/facts.jsonl")  # a prefix is a folder
+    assert not settings.allows_url("s3://team/beacon/../secrets/facts.jsonl")
+    assert not settings.allows_url("s3://team/facts.jsonl")
+    assert not Settings(object_store_prefixes=[]).allows_url("s3://team/beacon/x")  # the default: none
+    for bad in ("team/beacon", "s3:///beacon"):
+        with pytest.raises(ValidationError, match="not an object-store URL with a bucket"):
+            Settings(object_store_prefixes=[bad])
+
+
+def test_a_job_on_an_object_store_needs_the_operator_to_allow_it(tmp_path: Path):
+    app = create_app(Settings(data_dir=tmp_path, api_token="t"))
+    with TestClient(app, headers={"Authorization": "Bearer t"}) as client:
+        for field, body in (("dataset_path", {"dataset_path": "s3://team/facts.jsonl"}),
+                            ("output_url", {"dataset_path": "facts.jsonl", "output_url": "s3://team/out"})):
+            r = client.post("/jobs", json=body)
+            assert r.status_code == 422, r.text
+            [detail] = r.json()["detail"]
+            assert detail["loc"] == ["body", field] and "BEACON_OBJECT_STORE_PREFIXES: none are set" in detail["msg"]
+        assert client.get("/jobs").json()["count"] == 0
+
+
 def test_no_token_means_no_server_unless_dev_mode(tmp_path: Path):
     with pytest.raises(ValueError, match="BEACON_API_TOKEN is not set"):
         create_app(Settings(data_dir=tmp_path))

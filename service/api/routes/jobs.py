@@ -9,6 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
+from schemas import storage
+from schemas.config_file import first_line
 from service.api.deps import JobDep, LayoutDep, Reader, SettingsDep, StoreDep, Writer
 from service.api.models import Artifact, Curve, CurvePoint, Event, Job, JobCreate, JobStatus, Page
 from service.datasets import Layout, PathError, confined, list_artifacts
@@ -41,7 +43,9 @@ def submit_job(body: JobCreate, store: StoreDep, layout: LayoutDep, settings: Se
     """Queues a job: curate the dataset, train on its kept facts, evaluate. A worker runs it."""
     _check_models(body, layout, settings)
     _check_replay(body, layout)
-    dataset = _source_dataset(body, store, layout)
+    if body.output_url is not None:
+        check_url("output_url", body.output_url, settings, "the job's output")
+    dataset = _source_dataset(body, store, layout, settings)
     params = body.params()
     if "format" not in body.curate.model_fields_set and dataset.get("format"):
         params["curate"]["format"] = dataset["format"]  # the format given at upload
@@ -84,7 +88,19 @@ def _check_models(body: JobCreate, layout: Layout, settings: Settings) -> None:
             raise invalid(f"{section}.{key}", str(e), spec) from None
 
 
-def _source_dataset(body: JobCreate, store: JobStore, layout: Layout) -> dict[str, Any]:
+def check_url(field: str, url: str, settings: Settings, role: str) -> None:
+    """A 422 naming ``field`` unless the operator allows jobs at ``url`` and its store answers."""
+    if not settings.allows_url(url):
+        allowed = ", ".join(settings.object_store_prefixes) or "none are set"
+        raise invalid(field, f"{url!r} is not under an object-store prefix this service allows jobs to use "
+                             f"(BEACON_OBJECT_STORE_PREFIXES: {allowed})", url)
+    try:
+        storage.check_location(url, role)
+    except ValueError as e:
+        raise invalid(field, str(e), url) from None
+
+
+def _source_dataset(body: JobCreate, store: JobStore, layout: Layout, settings: Settings) -> dict[str, Any]:
     if body.dataset_id is not None:
         try:
             dataset = store.get_dataset(dataset_id=body.dataset_id)
@@ -95,6 +111,8 @@ def _source_dataset(body: JobCreate, store: JobStore, layout: Layout) -> dict[st
             raise invalid("dataset_id", f"dataset {body.dataset_id} is already scored; a job starts from an "
                                         "uploaded (raw) dataset", body.dataset_id)
         return dataset
+    if storage.is_url(body.dataset_path):
+        return _url_dataset(body.dataset_path, store, settings)
     try:
         path = confined(layout.imports, body.dataset_path)
     except PathError as e:
@@ -108,6 +126,20 @@ def _source_dataset(body: JobCreate, store: JobStore, layout: Layout) -> dict[st
     digest = hashlib.sha256(f"import:{relative}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
     return store.insert_dataset(id=f"dst_{digest[:16]}", kind="raw", name=path.name, format=None,
                                 path=relative, bytes=st.st_size)
+
+
+def _url_dataset(url: str, store: JobStore, settings: Settings) -> dict[str, Any]:
+    """The raw dataset of the object-store file ``url`` (read by the worker where it is)."""
+    check_url("dataset_path", url, settings, "the job's dataset")
+    try:
+        size, mtime = storage.stat(url)
+    except FileNotFoundError:
+        raise invalid("dataset_path", f"{url!r} is not a file", url) from None
+    except Exception as e:  # noqa: BLE001 - the store's own errors (permissions, a listing it refused)
+        raise invalid("dataset_path", f"{url!r} cannot be read: {first_line(e)}", url) from None
+    digest = hashlib.sha256(f"url:{url}:{size}:{mtime}".encode()).hexdigest()  # as an import: path, size, time
+    return store.insert_dataset(id=f"dst_{digest[:16]}", kind="raw", name=url.rsplit("/", 1)[-1], format=None,
+                                path=url, bytes=size)
 
 
 @router.get("", response_model=Page[Job], dependencies=[Reader])
