@@ -24,6 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (test modules cannot import ``free_port``: see BUCKET's note
+    in tests/pipeline/test_object_store.py)."""
+    return free_port()
+
+
 @pytest.fixture(scope="module")
 def s3_env():
     """A moto S3 server on loopback, the environment that points boto3 (and so Beam) at it, and the

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUCKET
-
 REPO = Path(__file__).resolve().parents[2]
+MINI_FACTS = REPO / "tests" / "fixtures" / "mini_facts.jsonl"
+# The bucket the root conftest's s3_env creates. Not imported from it: pytest drops a rootdir conftest
+# from sys.modules when it loads tests/service/conftest.py, so `from conftest import` depends on order.
+BUCKET = "beacon-test"
 
 
 def _keys(prefix: str) -> list[str]:
@@ -181,11 +183,11 @@ def test_a_missing_bucket_is_one_sentence_before_any_model_runs(s3_env, capsys):
     assert time.monotonic() - started < 30  # no model was loaded for it
 
 
-def test_an_s3_endpoint_that_does_not_answer_is_one_sentence_in_seconds(monkeypatch, capsys):
+def test_an_s3_endpoint_that_does_not_answer_is_one_sentence_in_seconds(unused_port, monkeypatch, capsys):
     """Beam's S3 client alone retries with exponential backoff for minutes before it says anything."""
     from service.cli import main as beacon
 
-    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    endpoint = f"http://127.0.0.1:{unused_port}"  # nothing listens there
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     started = time.monotonic()

@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import MINI_FACTS
 from schemas import Manifest
 
 REPO = Path(__file__).resolve().parents[2]
+MINI_FACTS = REPO / "tests" / "fixtures" / "mini_facts.jsonl"
 RUNNERS = {
     "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
     "multi-process": ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
