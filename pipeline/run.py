@@ -40,7 +40,6 @@ from pipeline.text import normalize_text
 from pipeline.write import WriteScored
 from schemas import Manifest
 from schemas import storage
-from schemas.config_file import first_line
 from scoring.risk import risk
 
 log = logging.getLogger(__name__)
@@ -208,11 +207,7 @@ def _curate(inputs: list[str], out_dir: str, config: CurateConfig, options: Pipe
             test_pipeline: beam.Pipeline | None) -> Manifest:
     remote = storage.is_url(out_dir)
     if remote:
-        storage.check_location(out_dir, "--out")
-        out: str | Path = out_dir.rstrip("/")
-        if "/" not in out.split("://", 1)[1]:
-            raise ValueError(f"--out {out_dir}: name a prefix inside the bucket (s3://bucket/curated), "
-                             "not the bucket itself")
+        out: str | Path = storage.check_prefix(out_dir, "--out")
         leftovers = remote_leftovers(out)
         if leftovers and not overwrite:
             raise FileExistsError(f"output {out} is not empty (it holds {len(leftovers)} file(s), "
@@ -228,7 +223,7 @@ def _curate(inputs: list[str], out_dir: str, config: CurateConfig, options: Pipe
     _note_one_worker_stage(config, options)
     if remote:
         staging: str | Path = remote_staging(out)
-        _check_writable(staging, out)
+        storage.check_writable(staging, "--out", shown=out)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
@@ -269,18 +264,6 @@ def _committed_by_manifest(out: str, staging: str) -> bool:
         return False
     prefix = storage.relative(staging, out) + "/"
     return any(name.startswith(prefix) for names in files.values() for name in names)
-
-
-def _check_writable(staging: str, out: str) -> None:
-    """Fails fast, naming the location, when the object store refuses a write (no bucket, no rights),
-    rather than after the models have run."""
-    probe = storage.join(staging, ".write-check")
-    try:
-        storage.write_bytes(probe, b"ok")  # not empty: Beam's S3 writer cannot complete an empty upload
-        storage.delete([probe])
-    except Exception as e:  # noqa: BLE001 - whatever the store says, it is the reason
-        raise ValueError(f"--out {out}: cannot write there: "
-                         f"{first_line(e)}") from None
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> Manifest:

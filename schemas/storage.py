@@ -115,6 +115,34 @@ def check_location(path: str | Path, role: str) -> None:
         _check_s3_reachable(str(path), role)
 
 
+def check_prefix(url: str, role: str) -> str:
+    """``url`` (trailing ``/`` dropped) as a place to write a dataset or a run: a usable location
+    (``check_location``) that names a prefix inside its bucket, not the bucket itself.
+
+    Raises:
+        ValueError: it cannot be used (the message names it and why).
+    """
+    check_location(url, role)
+    url = str(url).rstrip("/")
+    if "/" not in url.split("://", 1)[1]:
+        raise ValueError(f"{role} {url}: name a prefix inside the bucket ({scheme(url)}://bucket/name), "
+                         "not the bucket itself")
+    return url
+
+
+def check_writable(folder: str, role: str, shown: str | None = None) -> None:
+    """Fails fast, naming ``shown`` (default ``folder``), when the object store refuses a write under
+    ``folder`` (no bucket, no rights), rather than after the models have run."""
+    from schemas.config_file import first_line
+
+    probe = join(folder, ".write-check")
+    try:
+        write_bytes(probe, b"ok")  # not empty: Beam's S3 writer cannot complete an empty upload
+        delete([probe])
+    except Exception as e:  # noqa: BLE001 - whatever the store says, it is the reason
+        raise ValueError(f"{role} {shown or folder}: cannot write there: {first_line(e)}") from None
+
+
 def _check_s3_reachable(url: str, role: str) -> None:
     """One HEAD of the bucket with short timeouts, once per bucket and process: an endpoint that does
     not answer, missing credentials or a missing bucket are one sentence in seconds, where Beam's

@@ -361,14 +361,11 @@ def _evaluate(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _publish(spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.manifest import publish
-    from trainer.runs import publish_run
+    from service.publish import publish_outputs
 
     target = spec["publish_to"]
     storage.check_location(target, "the job's output")
-    manifest = publish(Path(spec["dataset_dir"]), storage.join(target, "dataset"))
-    files = publish_run(Path(spec["run_dir"]), storage.join(target, "run"), job_id=spec["job_id"])
-    return {"url": target, "dataset_id": manifest.dataset_id, "run_files": len(files)}
+    return publish_outputs(Path(spec["dataset_dir"]), Path(spec["run_dir"]), target, job_id=spec["job_id"])
 
 
 STAGE_FUNCTIONS = {"curating": _curate, "training": _train, "evaluating": _evaluate, "publishing": _publish}

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,26 @@ def publish_run(run_dir: Path, out: str, *, job_id: str | None = None) -> list[d
     index = {"job_id": job_id, "files": entries}
     storage.write_bytes(storage.join(out, PUBLISHED), json.dumps(index, indent=2).encode())
     return entries
+
+
+def work_folder(url: str) -> Path:
+    """The local folder a run published to ``url`` is trained (and resumed) in:
+    ``$BEACON_WORK_DIR/<name>-<hash of url>/``, by default under ``~/.cache/beacon/runs/``. The same URL
+    always maps to the same folder, so rerunning the command resumes there."""
+    root = os.environ.get("BEACON_WORK_DIR") or Path.home() / ".cache" / "beacon" / "runs"
+    url = url.rstrip("/")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rsplit("/", 1)[-1])[:40] or "run"
+    return Path(root) / f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
+def read_published_config(url: str) -> dict[str, Any] | None:
+    """The ``config.json`` of the run published at ``url``, or None where none is there."""
+    from schemas import storage
+
+    path = storage.join(url, RUN_CONFIG)
+    if not storage.exists(path):
+        return None
+    try:
+        return json.loads(storage.read_bytes(path))
+    except ValueError as e:
+        raise ValueError(f"{path} is not a run's config ({e}); remove it or use another --out") from None

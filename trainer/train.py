@@ -15,16 +15,18 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from schemas import storage
 from schemas.manifest import local_folder
 from trainer.config import TrainConfig
 from trainer.data import DatasetInfo, read_dataset_info, read_scored
 from trainer.files import write_json
 from trainer.runs import (CHECKPOINT_MARKER, RUN_CONFIG, SUMMARY, checkpoint_step, is_trained,
-                          last_complete_checkpoint, read_json)
+                          last_complete_checkpoint, publish_run, read_json, read_published_config,
+                          work_folder)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class TrainResult:
     replay_prompts: int | None = None
     replay_source: str | None = None
     processes: int = 1  # training processes (torchrun / accelerate launch), each with its own batches
+    published_to: str | None = None  # the URL the run was published to (``--out s3://…``)
 
 
 def run_record(config: TrainConfig, info: DatasetInfo) -> dict[str, Any]:
@@ -94,23 +97,49 @@ def _comparable(record: dict[str, Any]) -> dict[str, Any]:
             "dataset_config_hash": record["dataset"]["config_hash"], "replay_sha256": record.get("replay_sha256")}
 
 
-def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig) -> TrainResult:
+def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig, *,
+          work_dir: str | Path | None = None) -> TrainResult:
     """Train (or resume) a LoRA adapter on the kept facts of ``dataset_dir`` into ``run_dir``.
 
+    ``run_dir`` may be an object-store URL: the run is trained (and resumed) in the local folder
+    ``work_dir`` (default ``trainer.runs.work_folder(run_dir)``), then published to the URL without its
+    checkpoints, ``files.json`` last (``trainer.runs.publish_run``). A URL that holds a run trained
+    with another config is refused before any work, as a local folder is.
+
     Raises:
-        ValueError: no kept facts, a fact does not fit, or ``run_dir`` holds a run with another config.
+        ValueError: no kept facts, a fact does not fit, ``run_dir`` holds a run with another config,
+            or ``run_dir`` is a URL that cannot be written.
         FileNotFoundError: ``dataset_dir`` is not a curated dataset.
     """
+    if not storage.is_url(run_dir):
+        folder = local_folder(run_dir, "--out")
+        return _train(dataset_dir, folder, config, shown=str(folder))
+    url = storage.check_prefix(str(run_dir), "--out")
+    work = Path(work_dir) if work_dir is not None else work_folder(url)
+    if is_main_process():
+        storage.check_writable(url, "--out")
+    published = read_published_config(url)
+    result = _train(dataset_dir, work, config, shown=url, published=published)
+    if is_main_process():
+        files = publish_run(work, url)
+        log.info("published %d files of %s to %s/ (files.json last)", len(files), work, url)
+    return replace(result, published_to=url)
+
+
+def _train(dataset_dir: str | Path, run_dir: Path, config: TrainConfig, *, shown: str,
+           published: dict[str, Any] | None = None) -> TrainResult:
     started = time.perf_counter()
     main = is_main_process()
     # --- 1. validate the config against the dataset and any earlier attempt -----------------------
-    run_dir = local_folder(run_dir, "--out")
     info = read_dataset_info(dataset_dir)
     record = run_record(config, info)
     config = TrainConfig.model_validate(record["train"])  # dataset-derived defaults resolved
     config_path = run_dir / RUN_CONFIG
+    if published is not None:
+        check_resume(published, record, shown)  # what the URL holds now
     if config_path.is_file():
-        check_resume(json.loads(config_path.read_text()), record, str(run_dir))
+        check_resume(json.loads(config_path.read_text()), record,
+                     shown if shown == str(run_dir) else f"{run_dir} (the working folder of {shown})")
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
         write_json(config_path, record)

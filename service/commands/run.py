@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import CurateConfig
-from schemas import Manifest
+from schemas import Manifest, storage
 from schemas.manifest import local_folder
 from service.commands.config_flags import add_config_flags, load_configs
 from trainer.config import EvalConfig, TrainConfig
@@ -33,7 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="curate, train and evaluate in one go",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="fact files (as for `beacon curate`)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder: DIR/dataset/ and DIR/run/")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder or object-store URL: DIR/dataset/, DIR/run/, DIR/report.html")
+    p.add_argument("--work", metavar="DIR",
+                   help="with a URL --out: the local folder to work and resume in (default: one per URL "
+                        "under $BEACON_WORK_DIR or ~/.cache/beacon/runs/)")
     p.add_argument("--config", metavar="FILE", help="JSON/YAML file with 'curate', 'train', 'eval' sections "
                                                   "(any subset)")
     p.add_argument("--overwrite", action="store_true",
@@ -51,12 +55,14 @@ def run(args: argparse.Namespace) -> int:
                            skip={"train": TRAIN_SKIP, "eval": set(EvalConfig.model_fields)},
                            extra={"train": {"progress": args.progress}, "eval": {"progress": args.progress}})
     curate_config, train_config, eval_config = configs["curate"], configs["train"], configs["eval"]
-    out = local_folder(args.out, "--out")  # a run folder is local (a URL is refused, not made ./s3:/…)
+    url, out = _output(args)
     dataset_dir, run_dir = out / "dataset", out / "run"
-    if Manifest.exists_in(out):
-        raise ValueError(f"--out {out} is a curated dataset; `beacon run` writes {dataset_dir}/ and {run_dir}/ "
-                         "and needs a folder of its own")
+    if Manifest.exists_in(url or out):
+        raise ValueError(f"--out {url or out} is a curated dataset; `beacon run` writes dataset/ and run/ "
+                         "under it and needs a folder of its own")
     started = time.perf_counter()
+    if url:
+        print(f"working in {out} (resumes there), publishing to {url}/ at the end", flush=True)
 
     print(f"[1/3] curate {' '.join(args.inputs)} -> {dataset_dir}", flush=True)
     if args.overwrite:
@@ -85,10 +91,16 @@ def run(args: argparse.Namespace) -> int:
     from service.report import write_report
 
     report = write_report(out)
+    if url:
+        from service.publish import publish_outputs
+
+        published = publish_outputs(dataset_dir, run_dir, url, files=(Path(report.path),))
+        print(f"\npublished -> {url}/ (dataset/ committed, manifest last; run/ without its checkpoints, "
+              f"files.json last: {published['run_files']} files; report.html)")
     print(f"\ndone in {time.perf_counter() - started:.0f}s: dataset {dataset_dir}/  run {run_dir}/")
     print(f"  report -> {report.path}  (one HTML file: open it in a browser, no network needed)")
     print("next:")
-    for hint in next_commands(args.out):
+    for hint in next_commands(url or args.out, local=out if url else None):
         print(f"  {hint}")
     return 0
 
@@ -98,13 +110,35 @@ NOT_LEARNED_SQL = ("select e.fact_id, s.prompt, e.target, e.answer, e.answer_bef
                    "from eval e join scored s using (fact_id) where e.kept and not e.efficacy")
 
 
-def next_commands(out: str) -> list[str]:
+def next_commands(out: str, local: Path | None = None) -> list[str]:
     """The commands ``beacon run`` suggests at its end, quoted for a POSIX shell: they run as printed
-    (tests/service/test_cli.py runs them)."""
+    (tests/service/test_cli.py runs them). ``out`` may be the URL the run was published to; export
+    then reads ``local``, the folder it was made in (an export is written locally)."""
     beacon, folder = program(), shlex.quote(out)
+    here = local if local is not None else Path(out)
     return [f"{beacon} stats {folder}",
             f"{beacon} query {folder} {shlex.quote(NOT_LEARNED_SQL)}",
-            f"{beacon} export {folder} --format hf --out {shlex.quote(str(Path(out) / 'export-hf'))} --overwrite"]
+            f"{beacon} export {shlex.quote(str(here))} --format hf --out {shlex.quote(str(here / 'export-hf'))} "
+            "--overwrite"]
+
+
+def _output(args: argparse.Namespace) -> tuple[str | None, Path]:
+    """(the URL to publish to or None, the local folder to work in) for ``--out``/``--work``."""
+    if not storage.is_url(args.out):
+        if args.work:
+            raise ValueError(f"--work {args.work}: only with an object-store --out (a local --out is the "
+                             "folder the run works in)")
+        return None, local_folder(args.out, "--out")
+    from trainer.runs import PUBLISHED, work_folder
+
+    url = storage.check_prefix(args.out, "--out")
+    work = Path(args.work) if args.work else work_folder(url)
+    storage.check_writable(url, "--out")
+    published = storage.join(url, "run", PUBLISHED)
+    if storage.exists(published) and not (work / "run").is_dir() and not args.overwrite:
+        raise FileExistsError(f"--out {url} holds a published run ({published}) that was not made in "
+                              f"{work}; pass --overwrite to replace it, or --work with the folder it was made in")
+    return url, work
 
 
 def program() -> str:

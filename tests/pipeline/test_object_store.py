@@ -175,6 +175,61 @@ def test_beacon_train_and_eval_read_the_s3_dataset(s3_dataset, tmp_path, capsys)
     assert metrics["kept"]["n"] == _manifest("curated")["counts"]["kept"]
 
 
+def _published(prefix: str) -> tuple[dict, list[str]]:
+    """A published run's ``files.json`` and every key under ``prefix``."""
+    import boto3
+
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{prefix}/files.json")["Body"].read()
+    return json.loads(body), _keys(prefix + "/")
+
+
+def test_beacon_train_publishes_to_s3_and_refuses_another_config_there(s3_dataset, tmp_path, capsys):
+    from service.cli import main as beacon
+
+    out, work = f"s3://{BUCKET}/runs/r1", tmp_path / "work"
+    argv = ["train", s3_dataset, "--out", out, "--work", str(work), "--max-steps", "2", "--save-steps", "1"]
+    assert beacon(argv) == 0
+    assert f"published -> {out}/" in capsys.readouterr().out
+    index, keys = _published("runs/r1")
+    assert sorted([f"runs/r1/{e['path']}" for e in index["files"]] + ["runs/r1/files.json"]) == keys
+    assert "runs/r1/adapter/adapter_config.json" in keys and "runs/r1/trace.parquet" in keys
+    assert not any("/checkpoints/" in k for k in keys) and (work / "checkpoints" / "checkpoint-2").is_dir()
+    sizes = {e["path"]: e["bytes"] for e in index["files"]}
+    assert sizes["train_summary.json"] == (work / "train_summary.json").stat().st_size
+
+    assert beacon(argv) == 0  # the same command again: already trained in its working folder, republished
+    assert _published("runs/r1")[1] == keys
+    # Another config from a fresh working folder (another machine): the URL's config.json refuses it.
+    assert beacon([*argv[:4], "--work", str(tmp_path / "other"), "--max-steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run in {out} was started with another config" in err and "max_steps: 2 -> 3" in err, err
+    assert not (tmp_path / "other" / "adapter").exists()
+    assert beacon(["eval", str(work)]) == 0  # the working folder is a run folder, its dataset the URL
+
+
+def test_beacon_run_publishes_dataset_run_and_report_to_s3(s3_env, tmp_path, capsys):
+    from service.cli import main as beacon
+
+    out, work = f"s3://{BUCKET}/runs/whole", tmp_path / "work"
+    argv = ["run", str(MINI_FACTS), "--out", out, "--work", str(work), "--max-steps", "2",
+            "--probe-batch-size", "4"]
+    assert beacon(argv) == 0
+    printed = capsys.readouterr().out
+    keys = _keys("runs/whole/")
+    assert "runs/whole/dataset/manifest.json" in keys and "runs/whole/report.html" in keys
+    index, run_keys = _published("runs/whole/run")
+    assert len(index["files"]) + 1 == len(run_keys) and "runs/whole/run/metrics.json" in run_keys
+    local = json.loads((work / "dataset" / "manifest.json").read_text())
+    assert _manifest("runs/whole/dataset")["dataset_id"] == local["dataset_id"]
+    hints = printed.split("\nnext:\n", 1)[1].strip().splitlines()
+    assert out in hints[0] and out in hints[1] and str(work) in hints[2]
+    assert beacon(["stats", out]) == 0  # reads the published run's dataset/
+    assert str(local["counts"]["kept"]) in capsys.readouterr().out
+    # A published run made elsewhere is not replaced without --overwrite, before any work.
+    assert beacon([*argv[:4], "--work", str(tmp_path / "elsewhere"), *argv[6:]]) == 2
+    assert "holds a published run" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+
+
 def test_a_missing_bucket_is_one_sentence_before_any_model_runs(s3_env, capsys):
     started = time.monotonic()
     assert _curate("s3://no-such-bucket-here/curated") == 2

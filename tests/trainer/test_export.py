@@ -189,9 +189,8 @@ def test_a_beacon_run_folder_exports_its_dataset(tmp_path: Path) -> None:
     assert export(tmp_path / "run", "jsonl", tmp_path / "x.jsonl").exported == 5
 
 
-# Object-store datasets that work (curate --out, train, stats, query): tests/pipeline/test_object_store.py.
+# Object-store URLs that work (curate, train, run, stats, query): tests/pipeline/test_object_store.py.
 @pytest.mark.parametrize("argv", [
-    ["train", "DATASET", "--out", "s3://beacon/run"],
     ["eval", "gs://b/run"],
     ["export", "s3://beacon/curated", "--format", "jsonl", "--out", "x.jsonl"],
     ["export", "DATASET", "--format", "jsonl", "--out", "s3://b/x.jsonl"],
