@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas import Manifest
+from schemas import Manifest, storage
 from schemas.manifest import local_folder
 from scoring.lm_scores import format_prompt, target_text
 from trainer.data import read_scored
@@ -69,7 +69,11 @@ class ExportResult:
 def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> ExportResult:
     """Writes the kept facts of ``dataset`` to ``out`` in ``fmt`` (one of ``FORMATS``).
 
-    Nothing is left half-written: the export is built beside ``out`` and moved into place.
+    Nothing is left half-written: the export is built beside ``out`` and moved into place. ``dataset``
+    may be an object-store URL (read through its manifest), and so may ``out``: the export is built in
+    a temporary folder and uploaded, each file whole (no rename on an object store: a reader during an
+    ``overwrite`` may see old and new files together; files the new export does not write are removed
+    after the upload).
 
     Raises:
         ValueError: an unknown format (the message lists the formats); ``out`` is the dataset, holds
@@ -80,9 +84,13 @@ def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = 
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of: {', '.join(FORMATS)}")
-    given, out = local_folder(dataset, "dataset"), local_folder(out, "--out")
+    given = str(dataset).rstrip("/") if storage.is_url(dataset) else local_folder(dataset, "dataset")
+    out = storage.check_prefix(str(out), "--out") if storage.is_url(out) else local_folder(out, "--out")
     dataset, manifest = Manifest.locate_read(given)
-    _check_out(out, fmt, given=given, dataset=dataset, overwrite=overwrite)
+    if isinstance(out, str):
+        _check_url_out(out, given=given, dataset=dataset, overwrite=overwrite)
+    else:
+        _check_out(out, fmt, given=given, dataset=dataset, overwrite=overwrite)
     chat = manifest.scoring.chat_template
     rows = read_scored(dataset, columns=_COLUMNS, manifest=manifest).to_pylist()
     kept = [r for r in rows if r["keep"]]
@@ -93,11 +101,14 @@ def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = 
     records = [_record(r, chat) for r in kept]
     name = f"beacon_{manifest.dataset_id}"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    if isinstance(out, str):
+        staging = Path(tempfile.mkdtemp(prefix=".beacon-export."))
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         built = _WRITERS[fmt](records, staging, name, chat)
-        _replace(built, out)
+        _upload(built, out) if isinstance(out, str) else _replace(built, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -111,12 +122,13 @@ def export(dataset: str | Path, fmt: str, out: str | Path, *, overwrite: bool = 
                         chat_template=chat, notes=notes)
 
 
-def _check_out(out: Path, fmt: str, *, given: Path, dataset: Path, overwrite: bool) -> None:
+def _check_out(out: Path, fmt: str, *, given: str | Path, dataset: str | Path, overwrite: bool) -> None:
     """Refuses an ``out`` whose replacement would lose data the user did not ask to replace: the folder
     given (a run folder may hold exports, beside its dataset/), a folder above it, or the dataset."""
-    target, given, dataset = out.resolve(), given.resolve(), dataset.resolve()
-    if target in (given, dataset) or target in given.parents or dataset in target.parents:
-        raise ValueError(f"--out {out} is, holds or lies inside the dataset {dataset}; export somewhere else")
+    if not storage.is_url(dataset):  # a local --out cannot be, hold or lie inside an object-store dataset
+        target, given, dataset = out.resolve(), Path(given).resolve(), Path(dataset).resolve()
+        if target in (given, dataset) or target in given.parents or dataset in target.parents:
+            raise ValueError(f"--out {out} is, holds or lies inside the dataset {dataset}; export somewhere else")
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
@@ -188,6 +200,34 @@ def _llama_factory_folder(staging: Path, name: str, data: list[dict], info: dict
 
 
 _WRITERS = {"jsonl": _write_jsonl, "hf": _write_hf, "alpaca": _write_alpaca, "sharegpt": _write_sharegpt}
+
+
+def _check_url_out(out: str, *, given: str | Path, dataset: str | Path, overwrite: bool) -> None:
+    """``_check_out`` for an object-store ``out``: not the dataset, above it or inside it, and empty
+    unless ``overwrite``."""
+    for inside in {str(given), str(dataset)}:
+        if storage.is_url(inside) and (out == inside or inside.startswith(out + "/") or out.startswith(inside + "/")):
+            raise ValueError(f"--out {out} is, holds or lies inside the dataset {dataset}; export somewhere else")
+    there = _objects_at(out)
+    if there and not overwrite:
+        raise FileExistsError(f"{out} exists ({len(there)} object(s), e.g. {there[0]}); pass --overwrite to "
+                              "replace it")
+
+
+def _objects_at(out: str) -> list[str]:
+    """The object ``out`` and every object under ``out/``: what an export to ``out`` replaces."""
+    return ([out] if storage.exists(out) else []) + storage.list_files(out)
+
+
+def _upload(built: Path, out: str) -> None:
+    """The file or folder ``built`` copied to ``out``, then whatever else was there removed (the caller
+    checked ``overwrite``)."""
+    old = set(_objects_at(out))
+    files = ({storage.join(out, p.relative_to(built).as_posix()): p for p in sorted(built.rglob("*")) if p.is_file()}
+             if built.is_dir() else {out: built})
+    for dest, path in files.items():
+        storage.copy_file(path, dest)
+    storage.delete(sorted(old - set(files)))
 
 
 def _replace(built: Path, out: Path) -> None:

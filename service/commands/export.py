@@ -18,10 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the kept facts for other trainers (TRL, LLaMA-Factory, datasets)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", metavar="DATASET",
-                   help="curated dataset folder (from `beacon curate`), or a `beacon run` folder")
+                   help="curated dataset folder or object-store URL (from `beacon curate`), or a `beacon run` folder")
     p.add_argument("--format", required=True, choices=list(FORMATS), metavar="FORMAT",
                    help=f"one of: {', '.join(FORMATS)}")
-    p.add_argument("--out", required=True, metavar="PATH", help="file (jsonl) or folder (the others) to write")
+    p.add_argument("--out", required=True, metavar="PATH", help="file (jsonl) or folder (the others) to write, local or an object-store URL")
     p.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
     p.set_defaults(run=run)
 

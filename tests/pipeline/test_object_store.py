@@ -230,6 +230,38 @@ def test_beacon_run_publishes_dataset_run_and_report_to_s3(s3_env, tmp_path, cap
     assert "holds a published run" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
 
 
+def test_beacon_export_reads_and_writes_object_stores(s3_dataset, tmp_path, capsys):
+    import boto3
+    from datasets import load_from_disk
+
+    from service.cli import main as beacon
+
+    local = tmp_path / "x.jsonl"
+    assert beacon(["export", s3_dataset, "--format", "jsonl", "--out", str(local)]) == 0
+    rows = [json.loads(line) for line in local.read_text().splitlines()]
+    assert len(rows) == _manifest("curated")["counts"]["kept"]
+    # To the bucket: the same bytes as the local export; a second export is refused, --overwrite replaces.
+    out = f"s3://{BUCKET}/exports/x.jsonl"
+    assert beacon(["export", s3_dataset, "--format", "jsonl", "--out", out]) == 0
+    assert f"-> {out}" in capsys.readouterr().out
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key="exports/x.jsonl")["Body"].read()
+    assert body == local.read_bytes()
+    assert beacon(["export", s3_dataset, "--format", "jsonl", "--out", out]) == 2
+    assert f"{out} exists" in capsys.readouterr().err
+    # A folder format replacing the file: the folder's objects, the old file gone; datasets loads it.
+    assert beacon(["export", s3_dataset, "--format", "hf", "--out", out, "--overwrite"]) == 0
+    keys = _keys("exports/")
+    assert "exports/x.jsonl" not in keys and "exports/x.jsonl/dataset_info.json" in keys
+    fetched = tmp_path / "fetched"
+    for key in keys:
+        (fetched / key).parent.mkdir(parents=True, exist_ok=True)
+        boto3.client("s3").download_file(BUCKET, key, str(fetched / key))
+    assert load_from_disk(str(fetched / "exports" / "x.jsonl"))["fact_id"] == [r["fact_id"] for r in rows]
+    # Never into the dataset it reads.
+    assert beacon(["export", s3_dataset, "--format", "jsonl", "--out", f"{s3_dataset}/x.jsonl"]) == 2
+    assert "lies inside the dataset" in capsys.readouterr().err
+
+
 def test_a_missing_bucket_is_one_sentence_before_any_model_runs(s3_env, capsys):
     started = time.monotonic()
     assert _curate("s3://no-such-bucket-here/curated") == 2

@@ -189,11 +189,9 @@ def test_a_beacon_run_folder_exports_its_dataset(tmp_path: Path) -> None:
     assert export(tmp_path / "run", "jsonl", tmp_path / "x.jsonl").exported == 5
 
 
-# Object-store URLs that work (curate, train, run, stats, query): tests/pipeline/test_object_store.py.
+# Object-store URLs that work (curate, train, run, export, stats, query): tests/pipeline/test_object_store.py.
 @pytest.mark.parametrize("argv", [
     ["eval", "gs://b/run"],
-    ["export", "s3://beacon/curated", "--format", "jsonl", "--out", "x.jsonl"],
-    ["export", "DATASET", "--format", "jsonl", "--out", "s3://b/x.jsonl"],
     ["report", "s3://beacon/curated"],
 ])
 def test_object_store_run_folders_and_exports_are_refused(tmp_path: Path, monkeypatch, capsys, argv) -> None:
