@@ -223,9 +223,47 @@ def arm_config(arm: str) -> dict[str, Any]:
         return {k: TrainConfig.model_fields[k].default for k in PLAIN_CONFIG}
     if arm == "semantic":
         return {"semantic_weight": SEMANTIC_WEIGHT}
-    if arm.startswith("adaptive+locality@"):  # a locality weight other than the arm's (a sweep)
-        return {**ARM_CONFIG["adaptive+locality"], "locality_weight": float(arm.split("@", 1)[1])}
-    return dict(ARM_CONFIG.get(arm, {}))
+    base, overrides = parse_arm(arm)
+    return {**ARM_CONFIG.get(base, {}), **overrides}
+
+
+# A sweep's knobs after an adaptive arm's ``@`` (``adaptive@k=3:tau=0.8``), and the TrainConfig key each sets.
+SCHEDULE_KNOBS = {"k": "stable_visits", "tau": "stable_prob", "r": "rehearse_rate"}
+
+
+def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
+    """(the arm's name, the TrainConfig keys its ``@`` suffix sets). ``ARM@OPT:OPT…`` where ARM is
+    ``adaptive`` or ``adaptive+locality`` and OPT is ``k=N``, ``tau=X`` or ``r=X`` (stable_visits,
+    stable_prob, rehearse_rate), or for ``adaptive+locality`` a bare number W (locality_weight).
+
+    Raises:
+        ValueError: an unknown arm, option or value (the message names it).
+    """
+    from trainer.config import TrainConfig
+
+    base, at, suffix = arm.partition("@")
+    if base not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; known: {', '.join(ARMS)}")
+    if not at:
+        return base, {}
+    if base not in ("adaptive", "adaptive+locality") or not suffix:
+        raise ValueError(f"arm {arm!r}: only adaptive and adaptive+locality take @options")
+    overrides: dict[str, Any] = {}
+    for option in suffix.split(":"):
+        name, eq, value = option.partition("=")
+        if not eq and base == "adaptive+locality":
+            name, value = "locality_weight", option
+        elif name in SCHEDULE_KNOBS:
+            name = SCHEDULE_KNOBS[name]
+        else:
+            raise ValueError(f"arm {arm!r}: unknown option {option!r} (k=N, tau=X, r=X"
+                             f"{', or a locality weight' if base == 'adaptive+locality' else ''})")
+        overrides[name] = value
+    try:
+        checked = TrainConfig.model_validate({**ARM_CONFIG[base], **overrides})
+    except ValueError as e:
+        raise ValueError(f"arm {arm!r}: {e}") from None
+    return base, {k: getattr(checked, k) for k in overrides}
 
 
 # --- 2. one arm x seed -------------------------------------------------------------------------------
@@ -821,7 +859,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "answer is already their ground_truth (0: a plain sample)")
     p.add_argument("--budgets", default="40,80,120,160", help="optimizer steps at which to evaluate")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm (0..seeds-1)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}; adaptive+locality@W sets locality_weight W")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}; adaptive+locality@W sets locality_weight W; "
+                        "adaptive@k=N:tau=X:r=X (either adaptive arm) sets stable_visits, stable_prob, rehearse_rate")
     p.add_argument("--model", default=DEFAULT_LM,
                    help="base LM: bundled:smollm2-135m-instruct, bundled:gemma3-270m, a HF id or path")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (constant)")
@@ -842,23 +881,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.budgets or min(args.budgets) < 1:
         p.error(f"--budgets must be positive step counts, got {args.budgets}")
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in args.arms if a not in ARMS and not _weight_suffix(a)]
-    if unknown:
-        p.error(f"unknown arm(s) {unknown}; known: {', '.join(ARMS)}")
+    for arm in args.arms:
+        try:
+            parse_arm(arm)
+        except ValueError as e:
+            p.error(str(e))
     if "plain" not in args.arms:
         p.error("--arms must include plain: every comparison and every AUC is against it")
     if args.n < 4 or args.seeds < 1:
         p.error(f"--n must be >= 4 and --seeds >= 1 (got {args.n}, {args.seeds})")
     return args
-
-
-def _weight_suffix(arm: str) -> bool:
-    """``adaptive+locality@W``: the arm with locality_weight W (W a non-negative number)."""
-    head, _, weight = arm.partition("@")
-    try:
-        return head == "adaptive+locality" and float(weight) >= 0
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

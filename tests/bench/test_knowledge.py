@@ -70,7 +70,13 @@ def test_bad_arguments_are_named(capsys):
     assert "--budgets must be comma-separated integers, got '40,abc'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         knowledge.parse_args(["--data", "x", "--out", "y", "--arms", "plain,magic"])
-    assert "unknown arm(s) ['magic']" in capsys.readouterr().err
+    assert "unknown arm 'magic'" in capsys.readouterr().err
+    for bad, says in (("adaptive@k=0", "stable_visits"), ("adaptive@tau=2", "stable_prob"),
+                      ("adaptive@q=1", "unknown option 'q=1'"), ("plain@k=2", "only adaptive"),
+                      ("adaptive@0.3", "unknown option '0.3'")):
+        with pytest.raises(SystemExit):
+            knowledge.parse_args(["--data", "x", "--out", "y", "--arms", f"plain,{bad}"])
+        assert says in capsys.readouterr().err, bad
 
 
 @pytest.mark.slow
@@ -126,6 +132,12 @@ def test_closed_loop_arms_share_plain_rows_and_differ_in_their_config():
     assert knowledge.effective_config("adaptive") == {**knowledge.PLAIN_CONFIG, "schedule": "adaptive",
                                                       "stop_when_learned": True}
     assert knowledge.effective_config("adaptive+locality@0.3")["locality_weight"] == 0.3
+    # A sweep's arm: the adaptive arm with the schedule knobs it names, nothing else changed.
+    assert knowledge.arm_config("adaptive@k=3:tau=0.8:r=0") == {
+        **knowledge.arm_config("adaptive"), "stable_visits": 3, "stable_prob": 0.8, "rehearse_rate": 0.0}
+    assert knowledge.arm_config("adaptive+locality@0.3:k=1") == {
+        **knowledge.arm_config("adaptive+locality"), "locality_weight": 0.3, "stable_visits": 1}
+    assert knowledge.arm_rows("adaptive@k=3", facts) == knowledge.arm_rows("plain", facts)
     # default: the curated rows with TrainConfig's own defaults for every compared key.
     from trainer.config import TrainConfig
 
