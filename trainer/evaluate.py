@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from schemas import ScoringSpec
+from schemas import ScoringSpec, storage
 from schemas.manifest import local_folder
 from trainer.config import EvalConfig, TrainConfig
 from trainer.data import read_dataset_info, read_scored
 from trainer.files import write_json, write_parquet
 from trainer.metrics import EVAL_SCHEMA, build_metrics, drift_quartiles, starts_with_target
-from trainer.runs import RUN_CONFIG, SUMMARY, read_json
+from trainer.runs import RUN_CONFIG, SUMMARY, fetch_run, publish_run, read_json
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +35,38 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
              dataset_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a trained run; writes ``eval.parquet`` and ``metrics.json`` into it and returns the metrics.
 
+    ``run_dir`` may be the URL of a published run (``beacon train --out URL``, a job's ``run/``): its
+    files are fetched into a temporary folder, evaluated there and published back, ``files.json`` last.
+
     Raises:
         FileNotFoundError: the run or its adapter is missing.
         ValueError: ``dataset_dir`` is not the dataset the run was trained on.
     """
-    started = time.perf_counter()
     config = config or EvalConfig()
-    run_dir = local_folder(run_dir, "run")
+    if not storage.is_url(run_dir):
+        folder = local_folder(run_dir, "run")
+        return _evaluate(folder, config, dataset_dir, shown=str(folder.resolve()))
+    import tempfile
+
+    url = storage.check_prefix(str(run_dir), "run")
+    with tempfile.TemporaryDirectory(prefix=".beacon-eval.") as tmp:
+        job_id = fetch_run(url, Path(tmp))
+        metrics = _evaluate(Path(tmp), config, dataset_dir, shown=url)
+        publish_run(Path(tmp), url, job_id=job_id)
+    return metrics
+
+
+def _evaluate(run_dir: Path, config: EvalConfig, dataset_dir: str | Path | None, *, shown: str) -> dict[str, Any]:
+    started = time.perf_counter()
     run_path = run_dir / RUN_CONFIG
     if not run_path.is_file():
-        raise FileNotFoundError(f"{run_path} not found: is {run_dir} a run written by `beacon train`?")
+        raise FileNotFoundError(f"{run_path} not found: is {shown} a run written by `beacon train`?")
     run = json.loads(run_path.read_text())
     train_config = TrainConfig.model_validate(run["train"])
     dataset_dir = dataset_dir or run["dataset"]["path"]  # a folder or an object-store URL: no Path
     info = read_dataset_info(dataset_dir)
     if info.dataset_id != run["dataset"]["dataset_id"]:
-        raise ValueError(f"{dataset_dir} is dataset {info.dataset_id}, but {run_dir} was trained on "
+        raise ValueError(f"{dataset_dir} is dataset {info.dataset_id}, but {shown} was trained on "
                          f"{run['dataset']['dataset_id']}; pass --dataset with the right one")
     chat = bool(train_config.chat_template)
     table = read_scored(dataset_dir, manifest=info.manifest)
@@ -92,9 +108,9 @@ def evaluate(run_dir: str | Path, config: EvalConfig | None = None, *,
     trained = read_json(run_dir / SUMMARY) or {}
     metrics = build_metrics(result, drift_definition=info.scoring.drift_definition,
                             pushed_away_epsilon=config.pushed_away_epsilon, run={
-                                "run_dir": str(run_dir.resolve()), "dataset": str(dataset_dir),
+                                "run_dir": shown, "dataset": str(dataset_dir),
                                 "dataset_id": info.dataset_id, "dataset_config_hash": info.config_hash,
-                                "base_model": train_config.model, "adapter": str(run_dir / "adapter"),
+                                "base_model": train_config.model, "adapter": storage.join(shown, "adapter"),
                                 "global_step": trained.get("global_step"),
                                 "eval_seconds": round(time.perf_counter() - started, 1)})
     metrics["paraphrases"] = paraphrases

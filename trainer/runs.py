@@ -114,3 +114,28 @@ def read_published_config(url: str) -> dict[str, Any] | None:
         return json.loads(storage.read_bytes(path))
     except ValueError as e:
         raise ValueError(f"{path} is not a run's config ({e}); remove it or use another --out") from None
+
+
+def fetch_run(url: str, folder: Path) -> str | None:
+    """Copies the run published at ``url`` (the files its ``files.json`` names) into ``folder``; returns
+    the job id the index records (None for `beacon train --out URL`).
+
+    Raises:
+        FileNotFoundError: ``url`` holds no published run.
+        ValueError: its index names a file outside the run (``..`` or an absolute path).
+    """
+    from pathlib import PurePosixPath
+
+    from schemas import storage
+
+    index_path = storage.join(url, PUBLISHED)
+    if not storage.exists(index_path):
+        raise FileNotFoundError(f"{index_path} not found: is {url} a run published by `beacon train --out "
+                                "URL`, `beacon run --out URL` or a job's output_url?")
+    index = json.loads(storage.read_bytes(index_path))
+    for entry in index.get("files", []):
+        relative = PurePosixPath(entry["path"])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"{index_path} names {entry['path']!r}, outside the run; refusing to fetch it")
+        storage.copy_file(storage.join(url, str(relative)), Path(folder) / relative)
+    return index.get("job_id")

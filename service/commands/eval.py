@@ -10,7 +10,8 @@ from trainer.config import EvalConfig
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run: efficacy, paraphrase, locality, drift")
-    p.add_argument("run_dir", metavar="RUN", help="run folder written by `beacon train`")
+    p.add_argument("run_dir", metavar="RUN", help="run folder written by `beacon train`, or the URL of a published run (evaluated here, "
+                        "eval.parquet and metrics.json published back)")
     p.add_argument("--dataset", metavar="DATASET",
                    help="the curated dataset, if it moved since training (default: the recorded path)")
     p.add_argument("--config", metavar="FILE",

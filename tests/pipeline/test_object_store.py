@@ -175,12 +175,15 @@ def test_beacon_train_and_eval_read_the_s3_dataset(s3_dataset, tmp_path, capsys)
     assert metrics["kept"]["n"] == _manifest("curated")["counts"]["kept"]
 
 
-def _published(prefix: str) -> tuple[dict, list[str]]:
-    """A published run's ``files.json`` and every key under ``prefix``."""
+def boto3_body(key: str) -> bytes:
     import boto3
 
-    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{prefix}/files.json")["Body"].read()
-    return json.loads(body), _keys(prefix + "/")
+    return boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _published(prefix: str) -> tuple[dict, list[str]]:
+    """A published run's ``files.json`` and every key under ``prefix``."""
+    return json.loads(boto3_body(f"{prefix}/files.json")), _keys(prefix + "/")
 
 
 def test_beacon_train_publishes_to_s3_and_refuses_another_config_there(s3_dataset, tmp_path, capsys):
@@ -205,6 +208,15 @@ def test_beacon_train_publishes_to_s3_and_refuses_another_config_there(s3_datase
     assert f"the run in {out} was started with another config" in err and "max_steps: 2 -> 3" in err, err
     assert not (tmp_path / "other" / "adapter").exists()
     assert beacon(["eval", str(work)]) == 0  # the working folder is a run folder, its dataset the URL
+    # The published run itself: fetched, evaluated, its results published back and indexed.
+    assert beacon(["eval", out]) == 0
+    index, keys = _published("runs/r1")
+    assert {"runs/r1/eval.parquet", "runs/r1/metrics.json"} <= set(keys)
+    assert sorted([f"runs/r1/{e['path']}" for e in index["files"]] + ["runs/r1/files.json"]) == keys
+    metrics = json.loads(boto3_body("runs/r1/metrics.json"))
+    assert metrics["run"]["run_dir"] == out and metrics["kept"] == json.loads((work / "metrics.json").read_text())["kept"]
+    assert beacon(["eval", f"s3://{BUCKET}/runs/none"]) == 2
+    assert "is s3://beacon-test/runs/none a run published by" in capsys.readouterr().err
 
 
 def test_beacon_run_publishes_dataset_run_and_report_to_s3(s3_env, tmp_path, capsys):
