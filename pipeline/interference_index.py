@@ -239,7 +239,10 @@ def score_index(built: FactIndex | None, n: int, targets: list[str], fact_ids: l
             lims, rcos, rids = index.range_search(index.reconstruct_batch(rows[full]), neighbor_threshold)
             for f, a, b in zip(full.tolist(), lims[:-1].tolist(), lims[1:].tolist()):
                 keep = rids[a:b] != rows[f]
-                ranged[f] = (rcos[a:b][keep], rids[a:b][keep])
+                # With the k found: above TWO_LEVEL_MIN a fact's routed cells need not be the ones
+                # the index's quantizer probes for the radius search, so either may hold a neighbour.
+                found_ids, first = np.unique(np.concatenate([rids[a:b][keep], ids[f]]), return_index=True)
+                ranged[f] = (np.concatenate([rcos[a:b][keep], cos[f]])[first], found_ids)
         hot = set(np.nonzero(cos[:, 0] >= neighbor_threshold)[0].tolist()) | set(ranged)
         for r, b in enumerate(best.tolist()):
             if r not in hot:

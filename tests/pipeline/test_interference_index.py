@@ -103,14 +103,20 @@ def test_many_cells_are_trained_and_routed_in_two_levels_and_still_find_the_clos
                                                                      rng.uniform(0.6, 0.9, 6600))])
     for k, c in enumerate(np.linspace(0.905, 0.99, 300)):
         emb[6000 + 2 * k + 1] = at_cosine(rng, emb[6000 + 2 * k], c)
+    # A crowd: 24 facts at ~0.97 to each other, more than k=16 neighbours each, so a radius search (and
+    # fewer than the 8 probed cells of 4 hold: an IVF radius search sees only its probed cells).
+    crowd = unit(rng.standard_normal(DIM))
+    emb = np.concatenate([emb, np.stack([at_cosine(rng, crowd, 0.985) for _ in range(24)])])
     n = len(emb)
     built = build_index(emb, exact_max=0, cell_size=4, nprobe=8, seed=0)
     assert built.index.nlist >= interference_index.TWO_LEVEL_MIN
     assert built.cells.shape == (n, 8) and (built.cells >= 0).all() and (built.cells < built.index.nlist).all()
-    got, _ = score_all(emb, _ids(n), _ids(n), list(range(n)), neighbor_threshold=0.9, conflict_threshold=0.95,
-                       exact_max=0, cell_size=4, nprobe=8)
+    got, work = score_all(emb, _ids(n), _ids(n), list(range(n)), neighbor_threshold=0.9, conflict_threshold=0.95,
+                          exact_max=0, cell_size=4, nprobe=8)
     cos = emb @ emb.T
     np.fill_diagonal(cos, -1.0)
+    assert work["range_searched"] >= 24
+    assert [g["neighbors"] for g in got[-24:]] == [int((cos[i] >= 0.9).sum()) for i in range(n - 24, n)]
     close = int((cos >= 0.9).sum()) // 2
     assert close >= 300 and sum(g["neighbors"] for g in got) / 2 >= 0.99 * close
     want = {(i, f"f{j:05d}") for i, j in zip(*np.nonzero(cos >= 0.95))}
