@@ -84,6 +84,8 @@ class JobRunner:
         params = self.job["params"]
         source = self.store.get_dataset(dataset_id=self.job["dataset_id"])
         input_path = self._input(source)
+        if params.get("output_url"):
+            self._check_output(params["output_url"])  # before hours of training, and again to publish
         from pydantic import ValidationError
 
         from pipeline.config import CurateConfig
@@ -146,10 +148,13 @@ class JobRunner:
         except PathError as e:
             raise StageFailed(f"the input dataset {source['id']} is unusable: {e}") from None
 
-    def _publish(self, output_url: str, base: dict[str, Any], lock_fd: int) -> None:
+    def _check_output(self, output_url: str) -> None:
         if not self.settings.allows_url(output_url):
             raise StageFailed(f"the job's output_url {output_url} is no longer under an allowed object-store "
                               "prefix (BEACON_OBJECT_STORE_PREFIXES)")
+
+    def _publish(self, output_url: str, base: dict[str, Any], lock_fd: int) -> None:
+        self._check_output(output_url)
         target = storage.join(output_url, self.claim.job_id)
         self._stage("publishing", {**base, "publish_to": target}, lock_fd)
         self.store.add_event(job_id=self.claim.job_id, kind="published",

@@ -78,10 +78,16 @@ PUBLISHED = "files.json"  # a published run's index, written last: the run's fil
 def publish_run(run_dir: Path, out: str, *, job_id: str | None = None) -> list[dict[str, Any]]:
     """Copies the run folder ``run_dir`` to ``out`` (a URL or a folder) without its checkpoints (they
     are for resuming here, and the bulk of a run), then writes ``out/files.json`` naming every file
-    copied with its size: a reader that finds the index finds the run whole. Copying again (a retried
-    job) writes the same names; the index is rewritten last. Returns the index's entries."""
+    copied with its size: a reader that finds the index finds the run whole. Publishing again (a
+    rerun, a retried job, an evaluation) removes the old index first, so no index names files being
+    overwritten, and then the files the old index named that the new one does not. Returns the
+    index's entries."""
     from schemas import storage
 
+    index_path = storage.join(out, PUBLISHED)
+    old = _published_files(index_path)
+    if old is not None:
+        storage.delete([index_path])
     entries = []
     for path in sorted(p for p in Path(run_dir).rglob("*") if p.is_file()):
         relative = path.relative_to(run_dir).as_posix()
@@ -89,18 +95,40 @@ def publish_run(run_dir: Path, out: str, *, job_id: str | None = None) -> list[d
             continue
         entries.append({"path": relative, "bytes": storage.copy_file(path, storage.join(out, relative))})
     index = {"job_id": job_id, "files": entries}
-    storage.write_bytes(storage.join(out, PUBLISHED), json.dumps(index, indent=2).encode())
+    storage.write_bytes(index_path, json.dumps(index, indent=2).encode())
+    gone = sorted((old or set()) - {e["path"] for e in entries})
+    storage.delete([storage.join(out, p) for p in gone if _inside(p)])
     return entries
+
+
+def _published_files(index_path: str) -> set[str] | None:
+    """The paths the index at ``index_path`` names; None where there is none (or it does not parse)."""
+    from schemas import storage
+
+    if not storage.exists(index_path):
+        return None
+    try:
+        return {e["path"] for e in json.loads(storage.read_bytes(index_path)).get("files", [])}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return set()
+
+
+def _inside(relative: str) -> bool:
+    """Whether an index's path stays inside the run (not absolute, no ``..``)."""
+    from pathlib import PurePosixPath
+
+    path = PurePosixPath(relative)
+    return not path.is_absolute() and ".." not in path.parts
 
 
 def work_folder(url: str) -> Path:
     """The local folder a run published to ``url`` is trained (and resumed) in:
     ``$BEACON_WORK_DIR/<name>-<hash of url>/``, by default under ``~/.cache/beacon/runs/``. The same URL
     always maps to the same folder, so rerunning the command resumes there."""
-    root = os.environ.get("BEACON_WORK_DIR") or Path.home() / ".cache" / "beacon" / "runs"
+    root = Path(os.environ.get("BEACON_WORK_DIR") or Path.home() / ".cache" / "beacon" / "runs").expanduser().resolve()
     url = url.rstrip("/")
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rsplit("/", 1)[-1])[:40] or "run"
-    return Path(root) / f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+    return root / f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
 
 
 def read_published_config(url: str) -> dict[str, Any] | None:
@@ -124,8 +152,6 @@ def fetch_run(url: str, folder: Path) -> str | None:
         FileNotFoundError: ``url`` holds no published run.
         ValueError: its index names a file outside the run (``..`` or an absolute path).
     """
-    from pathlib import PurePosixPath
-
     from schemas import storage
 
     index_path = storage.join(url, PUBLISHED)
@@ -134,8 +160,7 @@ def fetch_run(url: str, folder: Path) -> str | None:
                                 "URL`, `beacon run --out URL` or a job's output_url?")
     index = json.loads(storage.read_bytes(index_path))
     for entry in index.get("files", []):
-        relative = PurePosixPath(entry["path"])
-        if relative.is_absolute() or ".." in relative.parts:
+        if not _inside(entry["path"]):
             raise ValueError(f"{index_path} names {entry['path']!r}, outside the run; refusing to fetch it")
-        storage.copy_file(storage.join(url, str(relative)), Path(folder) / relative)
+        storage.copy_file(storage.join(url, entry["path"]), Path(folder) / entry["path"])
     return index.get("job_id")

@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from service.commands.train import print_summary as print_trained
     from trainer.train import train
 
+    if url and not args.overwrite:
+        _check_published_config(url, dataset_dir, train_config)
     print_trained(train(dataset_dir, run_dir, train_config))
 
     print(f"\n[3/3] evaluate {run_dir}", flush=True)
@@ -112,14 +114,28 @@ NOT_LEARNED_SQL = ("select e.fact_id, s.prompt, e.target, e.answer, e.answer_bef
 
 def next_commands(out: str, local: Path | None = None) -> list[str]:
     """The commands ``beacon run`` suggests at its end, quoted for a POSIX shell: they run as printed
-    (tests/service/test_cli.py runs them). ``out`` may be the URL the run was published to; export
-    then reads ``local``, the folder it was made in (an export is written locally)."""
+    (tests/service/test_cli.py runs them). ``out`` may be the URL the run was published to; the query
+    and the export then read ``local``, the folder it was made in (a query of a URL sees its dataset
+    only, not the run's eval.parquet; an export is written locally)."""
     beacon, folder = program(), shlex.quote(out)
     here = local if local is not None else Path(out)
     return [f"{beacon} stats {folder}",
-            f"{beacon} query {folder} {shlex.quote(NOT_LEARNED_SQL)}",
+            f"{beacon} query {shlex.quote(str(here))} {shlex.quote(NOT_LEARNED_SQL)}",
             f"{beacon} export {shlex.quote(str(here))} --format hf --out {shlex.quote(str(here / 'export-hf'))} "
             "--overwrite"]
+
+
+def _check_published_config(url: str, dataset_dir: Path, config: TrainConfig) -> None:
+    """Refuses, before training, to publish over ``URL/run/`` holding a run trained with another config
+    or on another dataset (as `beacon train --out URL` refuses)."""
+    from trainer.data import read_dataset_info
+    from trainer.runs import read_published_config
+    from trainer.train import check_resume, run_record
+
+    where = storage.join(url, "run")
+    published = read_published_config(where)
+    if published is not None:
+        check_resume(published, run_record(config, read_dataset_info(dataset_dir)), where)
 
 
 def _output(args: argparse.Namespace) -> tuple[str | None, Path]:

@@ -234,12 +234,20 @@ def test_beacon_run_publishes_dataset_run_and_report_to_s3(s3_env, tmp_path, cap
     local = json.loads((work / "dataset" / "manifest.json").read_text())
     assert _manifest("runs/whole/dataset")["dataset_id"] == local["dataset_id"]
     hints = printed.split("\nnext:\n", 1)[1].strip().splitlines()
-    assert out in hints[0] and out in hints[1] and str(work) in hints[2]
+    assert out in hints[0] and str(work) in hints[1] and str(work) in hints[2]
     assert beacon(["stats", out]) == 0  # reads the published run's dataset/
     assert str(local["counts"]["kept"]) in capsys.readouterr().out
     # A published run made elsewhere is not replaced without --overwrite, before any work.
     assert beacon([*argv[:4], "--work", str(tmp_path / "elsewhere"), *argv[6:]]) == 2
     assert "holds a published run" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+    # A publish that died before its index, from elsewhere with another config: refused before training.
+    import boto3
+
+    boto3.client("s3").delete_object(Bucket=BUCKET, Key="runs/whole/run/files.json")
+    assert beacon([*argv[:4], "--work", str(tmp_path / "elsewhere"), "--max-steps", "3", *argv[8:]]) == 2
+    err = capsys.readouterr().err
+    assert f"the run in {out}/run was started with another config" in err and "max_steps: 2 -> 3" in err, err
+    assert not (tmp_path / "elsewhere" / "run").exists()
 
 
 def test_beacon_export_reads_and_writes_object_stores(s3_dataset, tmp_path, capsys):

@@ -44,7 +44,7 @@ def submit_job(body: JobCreate, store: StoreDep, layout: LayoutDep, settings: Se
     _check_models(body, layout, settings)
     _check_replay(body, layout)
     if body.output_url is not None:
-        check_url("output_url", body.output_url, settings, "the job's output")
+        check_url("output_url", body.output_url, settings, "the job's output", writes=True)
     dataset = _source_dataset(body, store, layout, settings)
     params = body.params()
     if "format" not in body.curate.model_fields_set and dataset.get("format"):
@@ -88,14 +88,18 @@ def _check_models(body: JobCreate, layout: Layout, settings: Settings) -> None:
             raise invalid(f"{section}.{key}", str(e), spec) from None
 
 
-def check_url(field: str, url: str, settings: Settings, role: str) -> None:
+def check_url(field: str, url: str, settings: Settings, role: str, *, writes: bool = False) -> None:
     """A 422 naming ``field`` unless the operator allows jobs at ``url`` and its store answers."""
+    if ".." in url.split("://", 1)[-1].split("/"):
+        raise invalid(field, f"{url!r} holds a '..' segment; name the location without it", url)
     if not settings.allows_url(url):
         allowed = ", ".join(settings.object_store_prefixes) or "none are set"
         raise invalid(field, f"{url!r} is not under an object-store prefix this service allows jobs to use "
                              f"(BEACON_OBJECT_STORE_PREFIXES: {allowed})", url)
     try:
         storage.check_location(url, role)
+        if writes:  # a job that cannot publish would find out only after hours of training
+            storage.check_writable(storage.check_prefix(url, role), role)
     except ValueError as e:
         raise invalid(field, str(e), url) from None
 
