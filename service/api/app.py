@@ -93,8 +93,12 @@ async def api_docs(request: Request) -> HTMLResponse:
                                swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
 
+SHOWN_CHARS = 200  # of a refused string value echoed in a 422: a 10 MB field is not sent back whole
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422, with the offending value shown even when JSON cannot hold it (NaN, Infinity)."""
+    """FastAPI's 422, with the offending value shown even when JSON cannot hold it (NaN, Infinity),
+    and a long string shown by its start and length."""
     return JSONResponse(status_code=422, content={"detail": _showable(jsonable_encoder(exc.errors()))})
 
 
@@ -105,6 +109,8 @@ async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
 
 
 def _showable(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > SHOWN_CHARS:
+        return f"{value[:SHOWN_CHARS]}… ({len(value):,} characters)"
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):

@@ -83,6 +83,15 @@ def test_non_finite_numbers_anywhere_in_a_job_are_422(client, body):
     jobs_still_answer(client)
 
 
+def test_a_huge_refused_string_is_named_by_its_start_and_length_not_echoed(client, raw_id):
+    r = client.post("/jobs", json={"dataset_id": raw_id, "curate": {"interference_index": "x" * 10_000_000}})
+    assert r.status_code == 422, r.text[:300]
+    [detail] = r.json()["detail"]
+    assert detail["loc"][-2:] == ["curate", "interference_index"]
+    assert detail["input"] == "x" * 200 + "… (10,000,000 characters)" and len(r.content) < 5_000
+    jobs_still_answer(client)
+
+
 @pytest.mark.parametrize("limit", ["NaN", "Infinity", "1e400", "99999999999999999999999999"])
 def test_a_non_finite_or_huge_query_limit_is_422(client, scored_id, limit):
     r = post_raw(client, f"/datasets/{scored_id}/query", f'{{"sql": "select 1", "limit": {limit}}}')
