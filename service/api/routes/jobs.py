@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
@@ -213,7 +215,6 @@ def job_curve(job: JobDep, layout: LayoutDep) -> Curve:
     of the kept facts whose latest visit had them learned, and the step's mean loss (empty before the
     first checkpoint, or for a run with ``trace: false``)."""
     from schemas import Manifest
-    from service.report import curve_points
 
     trace = layout.run_dir(job["id"]) / "trace.parquet"
     kept = None
@@ -223,10 +224,20 @@ def job_curve(job: JobDep, layout: LayoutDep) -> Curve:
         except (OSError, ValueError):
             kept = None
     try:
-        points = curve_points(trace, kept)
-    except OSError:  # the trace is being replaced or is unreadable this instant: nothing to show yet
-        points = []
+        st = trace.stat()
+        points = _curve_points(str(trace), st.st_size, st.st_mtime_ns, kept)
+    except OSError:  # none yet, being replaced or unreadable this instant: nothing to show yet
+        points = ()
     return Curve(points=[CurvePoint(step=s, learned=f, loss=loss) for s, f, loss in points])
+
+
+@functools.lru_cache(maxsize=64)
+def _curve_points(trace: str, size: int, mtime_ns: int, kept: int | None) -> tuple:
+    """``curve_points`` of the trace file as it is (size, mtime): the job page polls every 1.5 s, and
+    the trace changes only at a checkpoint."""
+    from service.report import curve_points
+
+    return tuple(curve_points(Path(trace), kept))
 
 
 def _json(content: bytes, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
