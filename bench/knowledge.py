@@ -88,6 +88,7 @@ ARM_CONFIG = {
 }
 FRACTIONS = ("0.9", "0.95", "1.0")  # steps_to: steps until this share of the requested facts is learned
 SNAPSHOT_EVERY = 10  # LoRA weights kept every this many steps, to evaluate at plain's 95% step later
+# (--snapshot-every sets it for the run, children included: they parse the same arguments)
 # Pre-training signals and their "harder" direction (+1: higher value = predicted harder to learn).
 SIGNALS = {
     "drift_sentence": 1, "drift_lm": 1, "drift_expected": 1, "target_logprob": -1, "target_rank": 1,
@@ -866,6 +867,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (constant)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (alpha = 2 x rank)")
+    p.add_argument("--snapshot-every", type=int, default=10,
+                   help="LoRA snapshot (and efficacy-curve) grid in steps (default 10; larger "
+                        "for long runs: each snapshot is a greedy pass over every fact)")
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each its own process)")
@@ -890,6 +894,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--arms must include plain: every comparison and every AUC is against it")
     if args.n < 4 or args.seeds < 1:
         p.error(f"--n must be >= 4 and --seeds >= 1 (got {args.n}, {args.seeds})")
+    if args.snapshot_every < 1:
+        p.error(f"--snapshot-every must be a positive step count, got {args.snapshot_every}")
     return args
 
 
@@ -897,6 +903,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     args = parse_args(argv)
+    global SNAPSHOT_EVERY
+    SNAPSHOT_EVERY = args.snapshot_every  # the grid every step-reading function below shares
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
@@ -916,7 +924,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("jobs", "threads", "out", "one", "at", "curve", "arms", "seeds")}
+                if k not in ("jobs", "threads", "out", "one", "at", "curve", "arms", "seeds")
+                and not (k == "snapshot_every" and v == 10)}  # folders from before the flag stay valid
     settings_path = out / "settings.json"
     if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
         raise SystemExit(f"{out} holds runs with other settings ({settings_path}); use another --out")
