@@ -32,7 +32,7 @@ def local_folder(path: str | Path, role: str) -> Path:
     if "://" in text:
         scheme = text.split("://", 1)[0]
         raise ValueError(f"{role} {text}: {scheme}:// is not supported here yet (object-store URLs are, by "
-                         "`beacon curate`, `train`, `run`, `stats` and `query`); use a local folder")
+                         "`beacon curate`, `train`, `run`, `eval`, `export`, `stats` and `query`); use a local folder")
     return Path(path)
 # The points at which every score's distribution is summarised (manifest and dataset stats alike).
 QUANTILES: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)

@@ -115,6 +115,11 @@ def check_location(path: str | Path, role: str) -> None:
         _check_s3_reachable(str(path), role)
 
 
+def has_parent_segment(url: str) -> bool:
+    """Whether the path part of ``url`` holds a ``..`` segment (which could climb out of a prefix)."""
+    return ".." in str(url).split("://", 1)[-1].split("/")
+
+
 def check_prefix(url: str, role: str) -> str:
     """``url`` (trailing ``/`` dropped) as a place to write a dataset or a run: a usable location
     (``check_location``) that names a prefix inside its bucket, not the bucket itself.

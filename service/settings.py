@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from schemas import storage
+
 
 class Settings(BaseSettings):
     """Every knob of ``beacon serve`` and ``beacon worker``; env var = ``BEACON_`` + the upper-case name."""
@@ -85,7 +87,7 @@ class Settings(BaseSettings):
         """Whether a job may read or write ``url`` (a file, or a folder with or without its trailing
         slash): at or under a configured prefix, with no ``..`` segment."""
         folder = url.rstrip("/") + "/"
-        return ".." not in url.split("://", 1)[-1].split("/") and any(
+        return not storage.has_parent_segment(url) and any(
             folder.startswith(prefix) for prefix in self.object_store_prefixes)
 
     @model_validator(mode="after")

@@ -121,10 +121,12 @@ def _inside(relative: str) -> bool:
     return not path.is_absolute() and ".." not in path.parts
 
 
-def work_folder(url: str) -> Path:
-    """The local folder a run published to ``url`` is trained (and resumed) in:
-    ``$BEACON_WORK_DIR/<name>-<hash of url>/``, by default under ``~/.cache/beacon/runs/``. The same URL
-    always maps to the same folder, so rerunning the command resumes there."""
+def work_folder(url: str, work: str | Path | None = None) -> Path:
+    """The local folder a run published to ``url`` is trained (and resumed) in: ``work`` if given,
+    else ``$BEACON_WORK_DIR/<name>-<hash of url>/``, by default under ``~/.cache/beacon/runs/``. The
+    same URL always maps to the same folder, so rerunning the command resumes there."""
+    if work is not None:
+        return Path(work)
     root = Path(os.environ.get("BEACON_WORK_DIR") or Path.home() / ".cache" / "beacon" / "runs").expanduser().resolve()
     url = url.rstrip("/")
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rsplit("/", 1)[-1])[:40] or "run"

@@ -115,7 +115,7 @@ def train(dataset_dir: str | Path, run_dir: str | Path, config: TrainConfig, *,
         folder = local_folder(run_dir, "--out")
         return _train(dataset_dir, folder, config, shown=str(folder))
     url = storage.check_prefix(str(run_dir), "--out")
-    work = Path(work_dir) if work_dir is not None else work_folder(url)
+    work = work_folder(url, work_dir)
     if is_main_process():
         storage.check_writable(url, "--out")
     published = read_published_config(url)

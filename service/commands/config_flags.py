@@ -42,6 +42,16 @@ def overrides_from(args: argparse.Namespace, model: type[BaseModel]) -> dict[str
             if getattr(args, name, None) is not None}
 
 
+def check_work_flag(args: argparse.Namespace) -> None:
+    """``--work`` (`beacon train`, `beacon run`) names the local folder of a run published to a URL
+    ``--out``; with a local ``--out`` that folder is the run itself."""
+    from schemas import storage
+
+    if args.work and not storage.is_url(args.out):
+        raise ValueError(f"--work {args.work}: only with an object-store --out (a local --out is the "
+                         "folder the run works in)")
+
+
 def load_configs(args: argparse.Namespace, classes: dict[str, type[ConfigSection]], *,
                  skip: dict[str, set[str]] | None = None,
                  extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:

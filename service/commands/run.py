@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.config import CurateConfig
 from schemas import Manifest, storage
 from schemas.manifest import local_folder
-from service.commands.config_flags import add_config_flags, load_configs
+from service.commands.config_flags import add_config_flags, check_work_flag, load_configs
 from trainer.config import EvalConfig, TrainConfig
 
 EPILOG = """--config FILE holds sections "curate", "train" and "eval", any of them (JSON or YAML); flags
@@ -140,15 +140,13 @@ def _check_published_config(url: str, dataset_dir: Path, config: TrainConfig) ->
 
 def _output(args: argparse.Namespace) -> tuple[str | None, Path]:
     """(the URL to publish to or None, the local folder to work in) for ``--out``/``--work``."""
+    check_work_flag(args)
     if not storage.is_url(args.out):
-        if args.work:
-            raise ValueError(f"--work {args.work}: only with an object-store --out (a local --out is the "
-                             "folder the run works in)")
         return None, local_folder(args.out, "--out")
     from trainer.runs import PUBLISHED, work_folder
 
     url = storage.check_prefix(args.out, "--out")
-    work = Path(args.work) if args.work else work_folder(url)
+    work = work_folder(url, args.work)
     storage.check_writable(url, "--out")
     published = storage.join(url, "run", PUBLISHED)
     if storage.exists(published) and not (work / "run").is_dir() and not args.overwrite:

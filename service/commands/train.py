@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from schemas import storage
-from service.commands.config_flags import add_config_flags, load_configs
+from service.commands.config_flags import add_config_flags, check_work_flag, load_configs
 from trainer.config import TrainConfig
 
 EPILOG = """Rerun the same command after an interruption: training resumes from the last checkpoint
@@ -39,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from trainer.train import train
 
     config = load_configs(args, {"train": TrainConfig})["train"]
-    if args.work and not storage.is_url(args.out):
-        raise ValueError(f"--work {args.work}: only with an object-store --out (a local --out is the "
-                         "folder training runs in)")
+    check_work_flag(args)
     result = train(args.dataset, args.out, config, work_dir=args.work)
     print_summary(result)
     return 0

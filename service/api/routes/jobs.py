@@ -92,7 +92,7 @@ def _check_models(body: JobCreate, layout: Layout, settings: Settings) -> None:
 
 def check_url(field: str, url: str, settings: Settings, role: str, *, writes: bool = False) -> None:
     """A 422 naming ``field`` unless the operator allows jobs at ``url`` and its store answers."""
-    if ".." in url.split("://", 1)[-1].split("/"):
+    if storage.has_parent_segment(url):
         raise invalid(field, f"{url!r} holds a '..' segment; name the location without it", url)
     if not settings.allows_url(url):
         allowed = ", ".join(settings.object_store_prefixes) or "none are set"
