@@ -13,6 +13,11 @@ scipy is needed) is fitted on the ``--fit`` folder:
 and its AUC for "not learned by that budget" is reported per seed, on the fit folder and on every
 ``--validate`` folder (a different sample, never seen by the fit), beside each feature's AUC alone.
 Prints the coefficients to copy into ``scoring/risk.py`` and writes ``OUT/risk.json``.
+
+Without ``--fit``, the coefficients shipped in ``scoring/risk.py`` are scored on the ``--validate``
+folders as they are (for example on another bundled model's outcomes), and nothing is fitted:
+
+    .venv/bin/python bench/risk.py --validate bench/results/closed-loop-gemma
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from knowledge import auc, mean_sd  # noqa: E402
 
-from scoring.risk import features  # noqa: E402
+from scoring.risk import COEFFICIENTS, features  # noqa: E402
 
 
 def outcomes(folder: Path) -> tuple[np.ndarray, np.ndarray, int, float]:
@@ -94,18 +99,28 @@ def report(name: str, x: np.ndarray, y: np.ndarray, b: np.ndarray) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fit", required=True, help="bench/knowledge.py output folder to fit on")
+    p.add_argument("--fit", default=None,
+                   help="bench/knowledge.py output folder to fit on (default: score scoring/risk.py's "
+                        "shipped coefficients, fitting nothing)")
     p.add_argument("--validate", nargs="*", default=[], help="other output folders (other samples)")
-    p.add_argument("--out", default=None, help="where risk.json goes (default: the --fit folder)")
+    p.add_argument("--out", default=None,
+                   help="where risk.json goes (default: the --fit folder, else the first --validate one)")
     args = p.parse_args(argv)
-    x, y, budget, rate = outcomes(Path(args.fit))
-    b = fit(x, y)
-    results = {"coefficients": {"intercept": b[0], "log_target_rank": b[1], "shared_target": b[2]},
-               "fit": {**report(args.fit, x, y, b), "step": budget, "plain_efficacy": rate}, "validate": []}
+    if args.fit is None and not args.validate:
+        p.error("give --fit FOLDER, or --validate FOLDER ... to score the shipped coefficients")
+    if args.fit is None:
+        b = np.asarray([COEFFICIENTS["intercept"], COEFFICIENTS["log_target_rank"], COEFFICIENTS["shared_target"]])
+        results = {"coefficients": {**COEFFICIENTS, "source": "scoring/risk.py (shipped)"}, "fit": None,
+                   "validate": []}
+    else:
+        x, y, budget, rate = outcomes(Path(args.fit))
+        b = fit(x, y)
+        results = {"coefficients": {"intercept": b[0], "log_target_rank": b[1], "shared_target": b[2]},
+                   "fit": {**report(args.fit, x, y, b), "step": budget, "plain_efficacy": rate}, "validate": []}
     for folder in args.validate:
         vx, vy, vb, vr = outcomes(Path(folder))
         results["validate"].append({**report(folder, vx, vy, b), "step": vb, "plain_efficacy": vr})
-    out = Path(args.out or args.fit) / "risk.json"
+    out = Path(args.out or args.fit or args.validate[0]) / "risk.json"
     out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
     return 0
