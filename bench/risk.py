@@ -30,8 +30,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# The repository ahead of bench/: bench/service.py must not shadow the service package for whoever
+# imports it after this module (the test suite does).
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
 
 from knowledge import auc, mean_sd  # noqa: E402
 
