@@ -3,7 +3,7 @@
     python bench/hostile.py                       # 100,000-row scored dataset, 20 rounds, 12 hostile clients
     python bench/hostile.py --rows 20000 --rounds 5 --seconds 10   # a quick look
 
-Starts a real `beacon serve` on 127.0.0.1 over a synthetic scored dataset (bench/service.py's), then:
+Starts a real `beacon serve` on 127.0.0.1 over a synthetic scored dataset (bench/service_load.py's), then:
 
 1. **The adversarial set, ``--rounds`` times**: runaway, huge and catalog-reading queries, non-finite
    numbers and out-of-bound settings in job bodies, models outside the operator's folder, deep
@@ -31,18 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import service_load as _svc  # noqa: E402  (bench/, this script's folder, is on sys.path)
 
-def _bench_service():
-    """bench/service.py (its dataset, job store and server), loaded by path: its name is the package's."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_service", REPO / "bench" / "service.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_svc = _bench_service()
 DATASET_ID, RAW_ID, TOKEN, Server = _svc.DATASET_ID, _svc.RAW_ID, _svc.TOKEN, _svc.Server
 build_scored, seed_store = _svc.build_scored, _svc.seed_store
 

@@ -78,3 +78,10 @@ def test_the_image_and_the_package_hold_every_package():
             continue
         assert f'"{package}*"' in installed, f"pyproject.toml does not install {package}/"
         assert package in copied, f"the Dockerfile does not copy {package}/"
+
+
+def test_no_bench_script_shadows_a_package():
+    """bench/ goes on sys.path (its scripts import each other, its tests import them): a bench/service.py
+    there made ``import service`` find the script, and every later test of the service failed to collect."""
+    scripts = {path.stem for path in (ROOT / "bench").glob("*.py")}
+    assert not scripts & set(PACKAGES), f"bench/ scripts named like packages: {sorted(scripts & set(PACKAGES))}"

@@ -1,7 +1,7 @@
 """Latency of the job service under concurrent load on loopback: `GET /jobs` and dataset stats.
 
-    python bench/service.py                      # 1,000,000-row scored dataset, 32 clients
-    python bench/service.py --rows 100000 --requests 500    # a quick look
+    python bench/service_load.py                      # 1,000,000-row scored dataset, 32 clients
+    python bench/service_load.py --rows 100000 --requests 500    # a quick look
 
 Builds a synthetic scored dataset (``schemas.SCORED_SCHEMA``, written with pyarrow: drift ~ gamma,
 interference ~ beta, 80% kept, ~1% of facts in conflict pairs) and a job store with ``--jobs`` jobs,
