@@ -208,7 +208,8 @@ def signal_values(facts: list[dict]) -> dict[str, np.ndarray]:
     return {name: SIGNALS[name] * np.asarray(v, dtype=float) for name, v in raw.items()}
 
 
-PLAIN_CONFIG = {"schedule": "plain", "stop_when_learned": False, "locality_weight": 0.0, "semantic_weight": 0.0}
+PLAIN_CONFIG = {"schedule": "plain", "stop_when_learned": False, "locality_weight": 0.0, "semantic_weight": 0.0,
+                "replay": None}
 
 
 def effective_config(arm: str) -> dict[str, Any]:
@@ -230,12 +231,17 @@ def arm_config(arm: str) -> dict[str, Any]:
 
 # A sweep's knobs after an adaptive arm's ``@`` (``adaptive@k=3:tau=0.8``), and the TrainConfig key each sets.
 SCHEDULE_KNOBS = {"k": "stable_visits", "tau": "stable_prob", "r": "rehearse_rate"}
+# A locality arm's replay prompts (``adaptive+locality@0.3:replay=generic``): the trainer's default (the
+# taught templates filled with other facts' subjects) or only the generic prefixes shipped with Beacon
+# (trainer.replay.GENERIC_FILE) given as a user's --replay file: the arm differs in the prompts' source.
+REPLAY_SOURCES = ("subjects", "generic")
 
 
 def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
     """(the arm's name, the TrainConfig keys its ``@`` suffix sets). ``ARM@OPT:OPT…`` where ARM is
     ``adaptive`` or ``adaptive+locality`` and OPT is ``k=N``, ``tau=X`` or ``r=X`` (stable_visits,
-    stable_prob, rehearse_rate), or for ``adaptive+locality`` a bare number W (locality_weight).
+    stable_prob, rehearse_rate), or for ``adaptive+locality`` a bare number W (locality_weight) or
+    ``replay=subjects|generic`` (where the replay prompts come from, ``REPLAY_SOURCES``).
 
     Raises:
         ValueError: an unknown arm, option or value (the message names it).
@@ -254,11 +260,19 @@ def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
         name, eq, value = option.partition("=")
         if not eq and base == "adaptive+locality":
             name, value = "locality_weight", option
+        elif name == "replay" and base == "adaptive+locality":
+            if value not in REPLAY_SOURCES:
+                raise ValueError(f"arm {arm!r}: replay={value!r}; known: {', '.join(REPLAY_SOURCES)}")
+            if value == "subjects":
+                continue  # the trainer's own default
+            from trainer.replay import GENERIC_FILE
+
+            value = str(GENERIC_FILE)
         elif name in SCHEDULE_KNOBS:
             name = SCHEDULE_KNOBS[name]
         else:
             raise ValueError(f"arm {arm!r}: unknown option {option!r} (k=N, tau=X, r=X"
-                             f"{', or a locality weight' if base == 'adaptive+locality' else ''})")
+                             f"{', replay=SOURCE or a locality weight' if base == 'adaptive+locality' else ''})")
         overrides[name] = value
     try:
         checked = TrainConfig.model_validate({**ARM_CONFIG[base], **overrides})
@@ -860,7 +874,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "answer is already their ground_truth (0: a plain sample)")
     p.add_argument("--budgets", default="40,80,120,160", help="optimizer steps at which to evaluate")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm (0..seeds-1)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}; adaptive+locality@W sets locality_weight W; "
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}; adaptive+locality@W sets locality_weight W "
+                        "(@W:replay=generic: replay only Beacon's generic prefixes); "
                         "adaptive@k=N:tau=X:r=X (either adaptive arm) sets stable_visits, stable_prob, rehearse_rate")
     p.add_argument("--model", default=DEFAULT_LM,
                    help="base LM: bundled:smollm2-135m-instruct, bundled:gemma3-270m, a HF id or path")

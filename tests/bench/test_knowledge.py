@@ -73,6 +73,7 @@ def test_bad_arguments_are_named(capsys):
     assert "unknown arm 'magic'" in capsys.readouterr().err
     for bad, says in (("adaptive@k=0", "stable_visits"), ("adaptive@tau=2", "stable_prob"),
                       ("adaptive@q=1", "unknown option 'q=1'"), ("plain@k=2", "only adaptive"),
+                      ("adaptive@replay=generic", "unknown option 'replay=generic'"),
                       ("adaptive@0.3", "unknown option '0.3'")):
         with pytest.raises(SystemExit):
             knowledge.parse_args(["--data", "x", "--out", "y", "--arms", f"plain,{bad}"])
@@ -138,6 +139,15 @@ def test_closed_loop_arms_share_plain_rows_and_differ_in_their_config():
     assert knowledge.arm_config("adaptive+locality@0.3:k=1") == {
         **knowledge.arm_config("adaptive+locality"), "locality_weight": 0.3, "stable_visits": 1}
     assert knowledge.arm_rows("adaptive@k=3", facts) == knowledge.arm_rows("plain", facts)
+    # Where the replay prompts come from: Beacon's generic prefixes as a replay file, or the default.
+    from trainer.replay import GENERIC_FILE
+
+    assert knowledge.arm_config("adaptive+locality@0.3:replay=generic") == {
+        **knowledge.arm_config("adaptive+locality@0.3"), "replay": str(GENERIC_FILE)}
+    assert knowledge.arm_config("adaptive+locality@0.3:replay=subjects") == knowledge.arm_config(
+        "adaptive+locality@0.3")
+    with pytest.raises(ValueError, match="replay='wiki'; known: subjects, generic"):
+        knowledge.arm_config("adaptive+locality@0.3:replay=wiki")
     # default: the curated rows with TrainConfig's own defaults for every compared key.
     from trainer.config import TrainConfig
 
