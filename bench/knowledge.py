@@ -263,16 +263,16 @@ def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
         elif name == "replay" and base == "adaptive+locality":
             if value not in REPLAY_SOURCES:
                 raise ValueError(f"arm {arm!r}: replay={value!r}; known: {', '.join(REPLAY_SOURCES)}")
-            if value == "subjects":
-                continue  # the trainer's own default
             from trainer.replay import GENERIC_FILE
 
-            value = str(GENERIC_FILE)
+            value = str(GENERIC_FILE) if value == "generic" else None  # None: the trainer's own default
         elif name in SCHEDULE_KNOBS:
             name = SCHEDULE_KNOBS[name]
         else:
             raise ValueError(f"arm {arm!r}: unknown option {option!r} (k=N, tau=X, r=X"
                              f"{', replay=SOURCE or a locality weight' if base == 'adaptive+locality' else ''})")
+        if name in overrides:  # a later one would silently win
+            raise ValueError(f"arm {arm!r}: {option!r} sets {name} twice")
         overrides[name] = value
     try:
         checked = TrainConfig.model_validate({**ARM_CONFIG[base], **overrides})
@@ -372,7 +372,7 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, dataset: Path, out: P
             for s in later[1:]:
                 record["steps"][str(s)] = record["steps"][str(later[0])]
     record["train_seconds"] = record["seconds"] - record["eval_seconds"]
-    record["replay"] = ({"prompts": len(setup.replay), "source": setup.replay.source}
+    record["replay"] = ({"prompts": len(setup.replay), "source": setup.replay.source, "file": config.replay}
                         if setup.replay is not None else None)
     record["trace_learned"] = trace_learned_fraction(trace.rows, args.n, config.max_steps)
     tmp = path.with_suffix(".tmp")

@@ -144,10 +144,18 @@ def test_closed_loop_arms_share_plain_rows_and_differ_in_their_config():
 
     assert knowledge.arm_config("adaptive+locality@0.3:replay=generic") == {
         **knowledge.arm_config("adaptive+locality@0.3"), "replay": str(GENERIC_FILE)}
-    assert knowledge.arm_config("adaptive+locality@0.3:replay=subjects") == knowledge.arm_config(
+    assert knowledge.effective_config("adaptive+locality@0.3:replay=subjects") == knowledge.effective_config(
         "adaptive+locality@0.3")
     with pytest.raises(ValueError, match="replay='wiki'; known: subjects, generic"):
         knowledge.arm_config("adaptive+locality@0.3:replay=wiki")
+    # Arms are told apart by their effective config: the replay source is part of it.
+    assert (knowledge.effective_config("adaptive+locality@0.3:replay=generic")
+            != knowledge.effective_config("adaptive+locality@0.3"))
+    # A repeated option would let the last one win silently.
+    with pytest.raises(ValueError, match="sets replay twice"):
+        knowledge.arm_config("adaptive+locality@0.3:replay=generic:replay=subjects")
+    with pytest.raises(ValueError, match="sets locality_weight twice"):
+        knowledge.arm_config("adaptive+locality@0.3:0.5")
     # default: the curated rows with TrainConfig's own defaults for every compared key.
     from trainer.config import TrainConfig
 
