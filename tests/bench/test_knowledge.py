@@ -113,6 +113,10 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path):
         assert results["steps_to"][arm]["1.0"] == {**results["steps_to"][arm]["1.0"], "mean": 2.0, "censored": 1}
         assert {"mean", "sd"} <= set(results["at_plain95"][arm]["efficacy_all"])
     assert 1 <= results["plain95"]["step"] <= 2
+    # Compute to 95%, paired against plain: seconds per step x steps to 95%, a positive multiple.
+    ratio = results["closed_loop"]["compute_to_0.95"]["curated"]
+    assert ratio["n"] == 1 and ratio["mean"] > 0
+    assert "train s to 95% (× plain" in (out / "report.md").read_text()
     assert json.loads((out / "runs" / "plain-0.curve.json").read_text())["curve"].keys() == {"1", "2"}
     assert set(results["auc"]["drift_expected"]) == {"1", "2"}
     for png in ("learning_curves.png", "accuracy_by_quartile.png"):
