@@ -654,6 +654,11 @@ def dominance(runs: list[dict], at: list[dict], facts: list[dict],
     return diffs, verdict
 
 
+def steps_taken(run: dict) -> float:
+    """Optimizer steps a run took: where it stopped, else its whole trace."""
+    return float(run.get("stopped_at") or len(run["trace_learned"]))
+
+
 def closed_loop(runs: list[dict], at: list[dict], facts: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     """``steps_to[arm][fraction]`` (mean, sd, censored runs) and ``at_plain95[arm][metric]`` (mean, sd)."""
     fact_ids = [f["fact_id"] for f in facts]
@@ -694,16 +699,14 @@ def closed_loop(runs: list[dict], at: list[dict], facts: list[dict], args: argpa
         arm: mean_sd([float(np.mean([a["efficacy"][i] for i in override])) if override else None
                       for a in at if a["arm"] == arm]) for arm in args.arms}}
     # Compute: optimizer steps actually taken and seconds of training (a stopped run took fewer).
-    out["compute"] = {arm: {"steps": mean_sd([float(r.get("stopped_at") or len(r["trace_learned"]))
-                                              for r in runs if r["arm"] == arm]),
+    out["compute"] = {arm: {"steps": mean_sd([steps_taken(r) for r in runs if r["arm"] == arm]),
                             "train_seconds": mean_sd([r["train_seconds"] for r in runs if r["arm"] == arm])}
                       for arm in args.arms}
     # Compute to 95%, paired by seed, as a multiple of plain's: train seconds per step taken x steps to
     # 95%. Steps alone hide what a step costs (a locality step is ~1.8x a plain one). Not in the verdict:
     # the seconds of two runs sharing the cores are noisier than the steps.
     def seconds_to_95(run: dict) -> float:
-        taken = float(run.get("stopped_at") or len(run["trace_learned"]))
-        return run["train_seconds"] / taken * curve_steps_to(run["curve"], 0.95, budget)[0]
+        return run["train_seconds"] / steps_taken(run) * curve_steps_to(run["curve"], 0.95, budget)[0]
 
     plain_s = {r["seed"]: seconds_to_95(r) for r in runs if r["arm"] == "plain"}
     out["compute_to_0.95"] = {arm: mean_sd([seconds_to_95(r) / plain_s[r["seed"]] for r in runs
@@ -851,7 +854,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
                                                 else "no (better in nothing beyond noise)")
             lines.append(f"| {arm} | {cell(ms['steps_to_0.95'], 1.0)} | {cell(ms['efficacy_all'])} | "
                          f"{cell(ms['paraphrase'])} | {cell(ms['locality'])} | {cell(ms['locality_bleed'])} | {why} "
-                         f"| {cell(loop.get('compute_to_0.95', {}).get(arm), 1.0)} |")
+                         f"| {cell(loop['compute_to_0.95'][arm], 1.0)} |")
         ov = loop["override"]
         lines += ["", f"**Override facts** (the base model already answers the record's ground truth): "
                   f"{ov['facts']} in the sample; their efficacy at plain's 95% step: "
