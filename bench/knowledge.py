@@ -29,6 +29,8 @@ and which pre-training scores predict the facts it fails to learn?
    - ``adaptive``: every fact, weight 1, the closed-loop schedule (``schedule: adaptive``: batches
      filled with facts not learned and stable yet) and ``stop_when_learned``.
    - ``adaptive+locality``: ``adaptive`` plus the locality KL on replay prompts (``locality_weight`` 1).
+   - ``plain+locality``: plain's schedule and length plus the same locality KL: tells the term's
+     effects from the adaptive schedule's.
    - ``default``: exactly what ``beacon curate`` + ``beacon train`` do with no options (the curated
      rows, TrainConfig's defaults for the keys above); copied from the arm it equals, if any.
 
@@ -76,16 +78,19 @@ from schemas.scoring_spec import DEFAULT_LM  # noqa: E402
 log = logging.getLogger("bench.knowledge")
 
 ARMS = ("plain", "weighted", "curated", "repeat", "repeat_unique", "semantic",
-        "plain+stop", "adaptive", "adaptive+locality", "default")
+        "plain+stop", "adaptive", "adaptive+locality", "plain+locality", "default")
 SEMANTIC_WEIGHT = 0.1  # the semantic arm's auxiliary-loss weight (TrainConfig.semantic_weight)
-LOCALITY_WEIGHT = 1.0  # the adaptive+locality arm's KL weight (TrainConfig.locality_weight)
+LOCALITY_WEIGHT = 1.0  # the locality arms' KL weight (TrainConfig.locality_weight)
 # What each closed-loop arm sets on top of the shared settings (TrainConfig keys). ``default`` is
 # TrainConfig's own defaults for these keys: exactly what ``beacon train`` does with no options.
 ARM_CONFIG = {
     "plain+stop": {"stop_when_learned": True},
     "adaptive": {"schedule": "adaptive", "stop_when_learned": True},
     "adaptive+locality": {"schedule": "adaptive", "stop_when_learned": True, "locality_weight": LOCALITY_WEIGHT},
+    "plain+locality": {"locality_weight": LOCALITY_WEIGHT},
 }
+LOCALITY_ARMS = ("adaptive+locality", "plain+locality")  # they take @W and @replay=SOURCE
+ADAPTIVE_ARMS = ("adaptive", "adaptive+locality")  # they take the schedule's knobs, @k=N:tau=X:r=X
 FRACTIONS = ("0.9", "0.95", "1.0")  # steps_to: steps until this share of the requested facts is learned
 SNAPSHOT_EVERY = 10  # LoRA weights kept every this many steps, to evaluate at plain's 95% step later
 # (--snapshot-every sets it for the run, children included: they parse the same arguments)
@@ -183,7 +188,7 @@ def arm_rows(arm: str, facts: list[dict]) -> list[dict]:
     def row(f: dict, weight: float) -> dict:
         return {"fact_id": f["fact_id"], "prompt": f["prompt"], "target": f["target"], "weight": weight}
 
-    if arm in ("plain", "semantic", "plain+stop", "adaptive", "adaptive+locality") or "@" in arm:
+    if arm in ("plain", "semantic", "plain+stop", *ADAPTIVE_ARMS, *LOCALITY_ARMS) or "@" in arm:
         return [row(f, 1.0) for f in facts]  # they differ from plain in the loss or the schedule, not the rows
     if arm in ("curated", "default"):  # default: what `beacon curate` wrote, as `beacon train` reads it
         return [row(f, f["weight"]) for f in facts if f["keep"]]
@@ -238,9 +243,9 @@ REPLAY_SOURCES = ("subjects", "generic")
 
 
 def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
-    """(the arm's name, the TrainConfig keys its ``@`` suffix sets). ``ARM@OPT:OPT…`` where ARM is
-    ``adaptive`` or ``adaptive+locality`` and OPT is ``k=N``, ``tau=X`` or ``r=X`` (stable_visits,
-    stable_prob, rehearse_rate), or for ``adaptive+locality`` a bare number W (locality_weight) or
+    """(the arm's name, the TrainConfig keys its ``@`` suffix sets). ``ARM@OPT:OPT…`` where OPT is,
+    for an adaptive arm (``ADAPTIVE_ARMS``), ``k=N``, ``tau=X`` or ``r=X`` (stable_visits, stable_prob,
+    rehearse_rate), and for a locality arm (``LOCALITY_ARMS``) a bare number W (locality_weight) or
     ``replay=subjects|generic`` (where the replay prompts come from, ``REPLAY_SOURCES``).
 
     Raises:
@@ -253,24 +258,25 @@ def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"unknown arm {arm!r}; known: {', '.join(ARMS)}")
     if not at:
         return base, {}
-    if base not in ("adaptive", "adaptive+locality") or not suffix:
-        raise ValueError(f"arm {arm!r}: only adaptive and adaptive+locality take @options")
+    if base not in (*ADAPTIVE_ARMS, *LOCALITY_ARMS) or not suffix:
+        raise ValueError(f"arm {arm!r}: only {', '.join(sorted({*ADAPTIVE_ARMS, *LOCALITY_ARMS}))} take @options")
     overrides: dict[str, Any] = {}
     for option in suffix.split(":"):
         name, eq, value = option.partition("=")
-        if not eq and base == "adaptive+locality":
+        if not eq and base in LOCALITY_ARMS:
             name, value = "locality_weight", option
-        elif name == "replay" and base == "adaptive+locality":
+        elif name == "replay" and base in LOCALITY_ARMS:
             if value not in REPLAY_SOURCES:
                 raise ValueError(f"arm {arm!r}: replay={value!r}; known: {', '.join(REPLAY_SOURCES)}")
             from trainer.replay import GENERIC_FILE
 
             value = str(GENERIC_FILE) if value == "generic" else None  # None: the trainer's own default
-        elif name in SCHEDULE_KNOBS:
+        elif name in SCHEDULE_KNOBS and base in ADAPTIVE_ARMS:
             name = SCHEDULE_KNOBS[name]
         else:
-            raise ValueError(f"arm {arm!r}: unknown option {option!r} (k=N, tau=X, r=X"
-                             f"{', replay=SOURCE or a locality weight' if base == 'adaptive+locality' else ''})")
+            known = [*(["k=N, tau=X, r=X"] if base in ADAPTIVE_ARMS else []),
+                     *(["replay=SOURCE or a locality weight"] if base in LOCALITY_ARMS else [])]
+            raise ValueError(f"arm {arm!r}: unknown option {option!r} ({', '.join(known)})")
         if name in overrides:  # a later one would silently win
             raise ValueError(f"arm {arm!r}: {option!r} sets {name} twice")
         overrides[name] = value
@@ -890,7 +896,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "answer is already their ground_truth (0: a plain sample)")
     p.add_argument("--budgets", default="40,80,120,160", help="optimizer steps at which to evaluate")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm (0..seeds-1)")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}; adaptive+locality@W sets locality_weight W "
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}; adaptive+locality@W (or plain+locality@W) sets locality_weight W "
                         "(@W:replay=generic: replay only Beacon's generic prefixes); "
                         "adaptive@k=N:tau=X:r=X (either adaptive arm) sets stable_visits, stable_prob, rehearse_rate")
     p.add_argument("--model", default=DEFAULT_LM,

@@ -160,6 +160,20 @@ def test_closed_loop_arms_share_plain_rows_and_differ_in_their_config():
         knowledge.arm_config("adaptive+locality@0.3:replay=generic:replay=subjects")
     with pytest.raises(ValueError, match="sets locality_weight twice"):
         knowledge.arm_config("adaptive+locality@0.3:0.5")
+    # The locality term on plain's schedule: it differs from plain in the term alone, and from the
+    # adaptive locality arm in the schedule alone; the schedule's knobs do not apply to it.
+    assert knowledge.effective_config("plain+locality@0.3:replay=generic") == {
+        **knowledge.PLAIN_CONFIG, "locality_weight": 0.3, "replay": str(GENERIC_FILE)}
+    differs = {k for k, v in knowledge.effective_config("adaptive+locality@0.3").items()
+               if knowledge.effective_config("plain+locality@0.3")[k] != v}
+    assert differs == {"schedule", "stop_when_learned"}
+    assert knowledge.arm_rows("plain+locality@0.3", facts) == knowledge.arm_rows("plain", facts)
+    with pytest.raises(ValueError, match=r"unknown option 'k=1' \(replay=SOURCE or a locality weight\)"):
+        knowledge.arm_config("plain+locality@0.3:k=1")
+    with pytest.raises(ValueError, match=r"unknown option 'replay=generic' \(k=N, tau=X, r=X\)"):
+        knowledge.arm_config("adaptive@replay=generic")
+    with pytest.raises(ValueError, match="only adaptive, adaptive\\+locality, plain\\+locality take @options"):
+        knowledge.arm_config("plain+stop@0.3")
     # default: the curated rows with TrainConfig's own defaults for every compared key.
     from trainer.config import TrainConfig
 
